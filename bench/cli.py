@@ -1,0 +1,319 @@
+"""The ``bench`` command line: flat sub-commands, one line per error.
+
+    bench run      --method coop --shots 1,2,4,8,16 --seeds 1,2,3 --datasets caltech101 --data-root DATA
+    bench status   (same grid flags as run)
+    bench list     methods | datasets | backbones | protocols
+    bench data     check --data-root DATA | sample --dataset D --shots K --seed S --data-root DATA
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+from bench.errors import BenchError
+
+PRESETS = {
+    # The miniature world: a tiny CLIP pretrained here and small procedural datasets (offline default).
+    "mini": {"backbone": "mini", "pretrained": "mini", "group": "mini"},
+}
+
+
+def _csv(text: str | None) -> list[str] | None:
+    return [x.strip() for x in text.split(",") if x.strip()] if text else None
+
+
+def add_grid_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("grid")
+    g.add_argument("--protocol", default="fewshot", help="fewshot | base2new | domain_shift | cross_dataset")
+    g.add_argument("--method", "--methods", dest="methods", help="comma-separated method names (default: all)")
+    g.add_argument("--datasets", help="comma-separated dataset keys (default: the protocol's datasets)")
+    g.add_argument("--shots", help="comma-separated shot counts, e.g. 1,2,4,8,16")
+    g.add_argument("--seeds", help="comma-separated seeds, e.g. 1,2,3")
+    g.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
+                   help="override a hyperparameter (repeatable); changes the run hash and table label")
+    g.add_argument("--preset", choices=sorted(PRESETS), help="'mini': the miniature world (tiny CLIP + mini data)")
+    g.add_argument("--backbone", help="open_clip architecture (default ViT-B-16; 'mini' with --preset mini)")
+    g.add_argument("--pretrained", help="open_clip pretrained tag or checkpoint path (default openai)")
+    g.add_argument("--data-root", help="folder holding the datasets in CoOp's layout (default $BENCH_DATA)")
+    g.add_argument("--precision", default="auto", help="auto (fp32 on CPU, mixed on GPU) | fp32 | amp | bf16 | fp16")
+    g.add_argument("--views", type=int, help="cached augmented views per training image (default: one per epoch)")
+    g.add_argument("--results", help="results store folder (default $BENCH_RESULTS or results/runs)")
+
+
+def _weights_id(pretrained: str | None) -> str:
+    if pretrained is None:
+        return "random"
+    path = Path(pretrained).expanduser()
+    if pretrained == "mini":
+        from bench.mini import ensure_checkpoint
+
+        path = Path(ensure_checkpoint())
+    elif not path.is_file():
+        if os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
+            raise BenchError(f"checkpoint not found: {path}")
+        return pretrained
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()[:16]
+
+
+def resolve_grid_args(args) -> dict:
+    """Flags + preset -> everything a grid needs (one-line errors for bad input)."""
+    from bench.protocols import parse_int_list, parse_overrides
+
+    preset = PRESETS.get(args.preset or "", {})
+    backbone = args.backbone or preset.get("backbone", "ViT-B-16")
+    pretrained = args.pretrained or preset.get("pretrained", "openai")
+    if pretrained in ("none", "random"):
+        pretrained = None
+    data_root = args.data_root or os.environ.get("BENCH_DATA")
+    if args.preset == "mini" and not args.data_root:
+        from bench.mini import ensure_data
+
+        data_root = str(ensure_data())
+    from bench.backbone import resolve_arch
+
+    arch, _ = resolve_arch(backbone, pretrained)
+    return {
+        "protocol": args.protocol,
+        "methods": _csv(args.methods),
+        "datasets": _csv(args.datasets),
+        "shots": parse_int_list(args.shots, "shots") if args.shots else None,
+        "seeds": parse_int_list(args.seeds, "seeds") if args.seeds else None,
+        "overrides": parse_overrides(args.overrides),
+        "backbone": {"arch": arch, "pretrained": pretrained, "weights": _weights_id(pretrained)},
+        "group": preset.get("group", "coop11"),
+        "precision": args.precision,
+        "views": args.views,
+        "data_root": str(Path(data_root).expanduser().resolve()) if data_root else None,
+    }
+
+
+def build_grid(args) -> tuple[list[dict], dict]:
+    from bench.protocols import expand, get_protocol
+    from bench.registry import get_method, list_methods
+
+    g = resolve_grid_args(args)
+    get_protocol(g["protocol"])
+    if g["methods"]:
+        for m in g["methods"]:
+            if g["protocol"] not in get_method(m).protocols:
+                raise BenchError(f"method {m} does not support protocol {g['protocol']} "
+                                 f"(supports: {', '.join(get_method(m).protocols)})")
+        methods = g["methods"]
+    else:
+        methods = [m for m in list_methods() if g["protocol"] in get_method(m).protocols]
+    grid = expand(g["protocol"], methods, datasets=g["datasets"], shots=g["shots"], seeds=g["seeds"],
+                  overrides=g["overrides"], backbone=g["backbone"], group=g["group"], precision=g["precision"],
+                  views=g["views"], data_root=g["data_root"])
+    return grid, g
+
+
+def _store(args):
+    from bench.store import Store
+
+    return Store(args.results) if getattr(args, "results", None) else Store()
+
+
+def preflight(grid: list[dict]) -> None:
+    """Fail fast, in one line, on data problems before any run starts."""
+    from bench.data import load_splits
+
+    roots = {c["data_root"] for c in grid}
+    if None in roots:
+        raise BenchError("no data root: pass --data-root DIR (or set BENCH_DATA, or use --preset mini)")
+    needed = {(c["data_root"], c["train"]["dataset"]) for c in grid}
+    needed |= {(c["data_root"], e["dataset"]) for c in grid for e in c["evals"]}
+    for root, dataset in sorted(needed):
+        load_splits(dataset, root)
+
+
+def cmd_run(args) -> int:
+    from bench.launch import launch_local, pending
+
+    grid, g = build_grid(args)
+    store = _store(args)
+    if args.dry_run:
+        todo = {id(c) for c in pending(grid, store)}
+        for c in grid:
+            tr = c["train"]
+            state = "todo" if id(c) in todo else "done"
+            evals = ",".join(e["dataset"] + ("" if e["classes"] == "all" else ":" + e["classes"]) for e in c["evals"])
+            print(f"{state:5} {c['label']:28} {tr['dataset']:16} shots={tr['shots']:<3} seed={tr['seed']!s:5} "
+                  f"-> {evals}")
+        print(f"{len(grid)} runs, {len(grid) - len(todo)} done, {len(todo)} to run")
+        return 0
+    preflight(grid)
+    if args.launcher == "slurm":
+        from bench.launch import launch_slurm
+
+        launch_slurm(grid, store, args)
+        return 0
+    summary = launch_local(grid, store)
+    print(f"{summary['total']} runs: {summary['skipped']} already complete, {summary['ran']} ran, "
+          f"{summary['failed']} failed; results in {store.root}")
+    return 1 if summary["failed"] else 0
+
+
+def cmd_status(args) -> int:
+    from collections import Counter
+
+    grid, _ = build_grid(args)
+    store = _store(args)
+    counts: Counter = Counter()
+    failures = []
+    for c in grid:
+        key = (c["protocol"], c["label"], c["train"]["dataset"])
+        if store.is_complete(c):
+            counts[key + ("done",)] += 1
+        elif store.failure(c):
+            counts[key + ("failed",)] += 1
+            failures.append((c, store.failure(c)))
+        else:
+            counts[key + ("missing",)] += 1
+    keys = sorted({k[:3] for k in counts})
+    print(f"{'protocol':14} {'method':28} {'dataset':16} {'done':>5} {'missing':>8} {'failed':>7}")
+    for k in keys:
+        print(f"{k[0]:14} {k[1]:28} {k[2]:16} {counts[k + ('done',)]:>5} {counts[k + ('missing',)]:>8} "
+              f"{counts[k + ('failed',)]:>7}")
+    for c, f in failures[:10]:
+        print(f"failed: {c['label']} {c['train']['dataset']} shots={c['train']['shots']} seed={c['train']['seed']}: "
+              f"{f.get('error')}")
+    return 0
+
+
+def cmd_list(args) -> int:
+    if args.what == "methods":
+        from bench.registry import get_method, list_methods
+
+        for m in list_methods():
+            cls = get_method(m)
+            print(f"{m:14} {cls.description}")
+    elif args.what == "datasets":
+        from bench.data import list_specs
+
+        for s in list_specs():
+            print(f"{s.key:18} {s.group:17} {s.num_classes:>5} classes  folder {s.dir}/  template {s.template!r}")
+    elif args.what == "backbones":
+        import open_clip
+
+        import bench.backbone  # noqa: F401 - registers the project's tiny architectures
+
+        for name in open_clip.list_models():
+            tags = open_clip.list_pretrained_tags_by_model(name)
+            print(f"{name:40} {', '.join(tags)}")
+    else:
+        from bench.protocols import PROTOCOLS
+
+        for p in PROTOCOLS.values():
+            print(f"{p.name:14} shots={','.join(map(str, p.shots))} seeds={','.join(map(str, p.seeds))}  {p.description}")
+    return 0
+
+
+def cmd_data(args) -> int:
+    from bench.data import check_dataset, get_spec, list_specs, load_splits, write_sample
+
+    data_root = args.data_root or os.environ.get("BENCH_DATA")
+    if not data_root:
+        raise BenchError("no data root: pass --data-root DIR (or set BENCH_DATA)")
+    if args.data_cmd == "check":
+        keys = _csv(args.datasets)
+        specs = [get_spec(k) for k in keys] if keys else [s for s in list_specs() if s.group in ("coop11", "imagenet_variant")]
+        if not Path(data_root).is_dir():
+            print(f"data root {data_root} does not exist")
+        ok = True
+        for spec in specs:
+            r = check_dataset(spec, data_root)
+            ok &= r["status"] == "found"
+            line = f"{spec.key:18} {r['status']:10}"
+            if r["status"] == "missing":
+                line += f" expected {r.get('expected')}"
+                if r.get("detail"):
+                    line += f" ({r['detail']})"
+            else:
+                sizes = " ".join(f"{k}={v}" for k, v in (r.get("images") or {}).items())
+                line += f" {r.get('classes')} classes  {sizes}"
+                if r.get("first_missing"):
+                    line += f"  {r.get('n_missing')} files missing, first: {r['first_missing']}"
+            print(line)
+        return 0 if ok else 1
+    splits = load_splits(get_spec(args.dataset), data_root)
+    path = write_sample(splits, args.shots, args.seed)
+    print(path)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench", description="CLIP prompt-learning benchmark suite")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("run", help="run a protocol grid (only what is missing)")
+    add_grid_args(p)
+    p.add_argument("--dry-run", action="store_true", help="print the grid and what is already done")
+    p.add_argument("--launcher", default="local", choices=["local", "slurm"])
+    p.add_argument("--slurm-profile", help="YAML profile in slurm/ (partition, account, gpus, time, ...)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("status", help="done / missing / failed runs of a grid")
+    add_grid_args(p)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("list", help="what is registered")
+    p.add_argument("what", choices=["methods", "datasets", "backbones", "protocols"])
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("data", help="check datasets, write few-shot samples")
+    dsub = p.add_subparsers(dest="data_cmd", required=True)
+    c = dsub.add_parser("check", help="found/missing, classes, images per split, first missing file")
+    c.add_argument("--data-root")
+    c.add_argument("--datasets")
+    c.set_defaults(func=cmd_data)
+    s = dsub.add_parser("sample", help="write the few-shot sample every method uses for (dataset, shots, seed)")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--shots", type=int, required=True)
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--data-root")
+    s.set_defaults(func=cmd_data)
+
+    for register in _EXTRA_COMMANDS:
+        register(sub)
+
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except BenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: results written so far are kept", file=sys.stderr)
+        return 130
+
+
+# Sub-commands added by other modules (report, plots, perf, demo): each a function(subparsers) -> None.
+_EXTRA_COMMANDS: list = []
+
+
+def _register_extras() -> None:
+    import importlib
+
+    for mod in ("bench.report", "bench.plots", "bench.perf", "bench.demo"):
+        try:
+            m = importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name == mod:
+                continue
+            raise
+        _EXTRA_COMMANDS.append(m.add_command)
+
+
+_register_extras()
+
+if __name__ == "__main__":
+    sys.exit(main())

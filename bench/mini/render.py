@@ -1,0 +1,327 @@
+"""Procedural images and captions for the miniature world (vectorised over a batch, seeded, deterministic).
+
+An image is one shape on a background, described by integer attributes (indices into the vocabularies
+below) plus continuous geometry (centre, radius, rotation) and pattern phase. ``sample_attributes`` draws
+them, ``render`` turns a batch of them into uint8 RGB arrays (N, S, S, 3) with NumPy array operations
+only (2x supersampling for anti-aliased edges; one vectorised pass per shape / pattern / background
+kind, never a Python loop over images), and ``captions`` writes the pretraining captions.
+
+Caption design (this is what makes the world's phenomena real, see README "The miniature world"):
+- the shape word is almost always directly preceded by a colour word ("a photo of a small red circle
+  on a dark background."), so the bare prompt "a photo of a circle." is off the caption distribution:
+  the prompt-sensitivity that learned contexts fix;
+- colour alone appears in partial captions ("a photo of a red object."): colour prompts are easy;
+- pattern words (striped, dotted, ...) appear in a minority of captions of patterned shapes and the word
+  "texture" is rare: a "specialised" vocabulary, weak in zero-shot, learnable from few shots.
+Change anything here that alters images or captions -> bump ``VERSION`` (it is part of the cache keys).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+VERSION = "1"
+
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (215, 40, 40),
+    "orange": (240, 135, 25),
+    "yellow": (235, 215, 35),
+    "green": (45, 165, 60),
+    "cyan": (35, 200, 205),
+    "blue": (40, 75, 215),
+    "purple": (135, 55, 195),
+    "pink": (240, 115, 175),
+}
+SHAPES = ["circle", "square", "triangle", "diamond", "star", "cross", "heart", "ring", "hexagon", "crescent"]
+SIZES = ["small", "medium", "large"]
+SIZE_RADIUS = {"small": (5.0, 6.5), "medium": (7.0, 9.0), "large": (9.5, 12.0)}  # in pixels at 32 px
+PATTERNS = ["solid", "striped", "checkered", "dotted", "grid", "zigzag", "wavy", "speckled", "crosshatched"]
+# pretraining backgrounds first; "patchwork" and "gradient" are never seen in pretraining (domain shift)
+BACKGROUNDS = ["dark", "light", "gray", "noisy", "patchwork", "gradient"]
+PRETRAIN_BACKGROUNDS = ["dark", "light", "gray", "noisy"]
+STYLES = ["filled", "outline"]
+POSITIONS = ["in the center", "on the left", "on the right", "at the top", "at the bottom"]
+
+COLOR_NAMES = list(COLORS)
+_COLOR_RGB = np.array([COLORS[c] for c in COLOR_NAMES], dtype=np.float32)
+
+# attribute name -> vocabulary
+VOCAB = {
+    "color": COLOR_NAMES,
+    "shape": SHAPES,
+    "size": SIZES,
+    "pattern": PATTERNS,
+    "background": BACKGROUNDS,
+    "style": STYLES,
+}
+
+# the pretraining distribution (weights per vocabulary entry; missing entries have weight 0)
+PRETRAIN_DIST: dict[str, dict[str, float]] = {
+    "pattern": {"solid": 0.6, **{p: 0.4 / 8 for p in PATTERNS[1:]}},
+    "background": {b: 1.0 for b in PRETRAIN_BACKGROUNDS},
+    "style": {"filled": 0.8, "outline": 0.2},
+}
+
+
+def _weights(attr: str, spec) -> np.ndarray:
+    """Normalised probability vector over VOCAB[attr] from None (uniform), a list of names or a dict."""
+    vocab = VOCAB[attr]
+    if spec is None:
+        w = np.ones(len(vocab))
+    elif isinstance(spec, dict):
+        unknown = set(spec) - set(vocab)
+        if unknown:
+            raise ValueError(f"unknown {attr} values {sorted(unknown)}; known: {vocab}")
+        w = np.array([float(spec.get(v, 0.0)) for v in vocab])
+    else:
+        unknown = set(spec) - set(vocab)
+        if unknown:
+            raise ValueError(f"unknown {attr} values {sorted(unknown)}; known: {vocab}")
+        w = np.array([1.0 if v in spec else 0.0 for v in vocab])
+    return w / w.sum()
+
+
+def sample_attributes(rng: np.random.Generator, n: int, size: int = 32, **dist) -> dict[str, np.ndarray]:
+    """Draw n images' attributes. ``dist[attr]`` restricts/weights an attribute (list of names or
+    {name: weight}); unspecified attributes use PRETRAIN_DIST (or uniform). Fixed attributes can also be
+    given as a full int array of length n (e.g. ``color=np.array([...])``)."""
+    out: dict[str, np.ndarray] = {}
+    for attr in ("color", "shape", "size", "pattern", "background", "style"):
+        spec = dist.get(attr, PRETRAIN_DIST.get(attr))
+        if isinstance(spec, np.ndarray):
+            out[attr] = spec.astype(np.int64)
+            continue
+        out[attr] = rng.choice(len(VOCAB[attr]), size=n, p=_weights(attr, spec)).astype(np.int64)
+    lo = np.array([SIZE_RADIUS[s][0] for s in SIZES])[out["size"]]
+    hi = np.array([SIZE_RADIUS[s][1] for s in SIZES])[out["size"]]
+    scale = size / 32.0
+    radius = (lo + (hi - lo) * rng.random(n)) * scale
+    margin = radius + 1.0 * scale
+    cx = margin + (size - 2 * margin) * rng.random(n)
+    cy = margin + (size - 2 * margin) * rng.random(n)
+    out["radius"] = radius.astype(np.float32)
+    out["cx"] = cx.astype(np.float32)
+    out["cy"] = cy.astype(np.float32)
+    out["angle"] = ((rng.random(n) - 0.5) * np.deg2rad(24)).astype(np.float32)  # +-12 degrees
+    out["phase"] = (rng.random((n, 2)) * 8.0).astype(np.float32)
+    out["jitter"] = (rng.normal(0.0, 12.0, (n, 3))).astype(np.float32)  # colour jitter in 0..255 units
+    out["bg_tint"] = rng.random((n, 2, 3)).astype(np.float32)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ geometry
+def _sdf(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Signed (approximate) distance to the shape's border in radius units; u right, v down; <0 inside."""
+    r = np.sqrt(u * u + v * v)
+    if shape == "circle":
+        return r - 0.95
+    if shape == "square":
+        return np.maximum(np.abs(u), np.abs(v)) - 0.8
+    if shape == "triangle":  # equilateral, pointing up, circumradius 1
+        k = np.sqrt(3.0) / 2.0
+        vu = -(v - 0.15)
+        return np.maximum(k * np.abs(u) + 0.5 * vu, -vu) - 0.5
+    if shape == "diamond":
+        return (np.abs(u) * 0.8 + np.abs(v)) - 1.0
+    if shape == "star":  # five sharp points
+        th = np.arctan2(v, u) + np.pi / 2
+        f = 0.4 + 0.6 * ((0.5 + 0.5 * np.cos(5 * th)) ** 3)
+        return r - f
+    if shape == "cross":
+        a = np.maximum(np.abs(u) - 0.3, np.abs(v) - 0.95)
+        b = np.maximum(np.abs(u) - 0.95, np.abs(v) - 0.3)
+        return np.minimum(a, b)
+    if shape == "heart":
+        c1 = np.sqrt((u + 0.45) ** 2 + (v + 0.3) ** 2) - 0.52
+        c2 = np.sqrt((u - 0.45) ** 2 + (v + 0.3) ** 2) - 0.52
+        tri = np.maximum((np.abs(u) + v - 0.9) / np.sqrt(2.0), -0.3 - v)
+        return np.minimum(np.minimum(c1, c2), tri)
+    if shape == "ring":
+        return np.abs(r - 0.68) - 0.3
+    if shape == "hexagon":
+        return np.maximum(np.abs(v), np.abs(u) * 0.866 + np.abs(v) * 0.5) - 0.88
+    if shape == "crescent":
+        inner = np.sqrt((u - 0.45) ** 2 + (v + 0.1) ** 2) - 0.78
+        return np.maximum(r - 0.97, -inner)
+    raise ValueError(shape)
+
+
+def _pattern(pattern: str, x: np.ndarray, y: np.ndarray, phase: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """Two-tone pattern mask in {0,1} (1 = the base colour) on pixel coordinates x, y (n, H, W)."""
+    px = phase[:, 0, None, None]
+    py = phase[:, 1, None, None]
+    if pattern == "solid":
+        return np.ones_like(x)
+    if pattern == "striped":
+        return (np.mod(y + py, 4.0) < 2.0).astype(np.float32)
+    if pattern == "checkered":
+        return (np.mod(np.floor((x + px) / 4.0) + np.floor((y + py) / 4.0), 2.0) < 1.0).astype(np.float32)
+    if pattern == "dotted":
+        dx = np.mod(x + px, 5.0) - 2.5
+        dy = np.mod(y + py, 5.0) - 2.5
+        return (dx * dx + dy * dy > 1.6**2).astype(np.float32)
+    if pattern == "grid":
+        return ~((np.mod(x + px, 5.0) < 1.3) | (np.mod(y + py, 5.0) < 1.3)) * np.float32(1)
+    if pattern == "zigzag":
+        tri = np.abs(np.mod((x + px) / 3.0, 2.0) - 1.0) * 3.0
+        return (np.mod(y + py + tri, 5.0) < 2.5).astype(np.float32)
+    if pattern == "wavy":
+        return (np.mod(y + py + 1.6 * np.sin((x + px) * (2 * np.pi / 10.0)), 5.0) < 2.5).astype(np.float32)
+    if pattern == "speckled":
+        return (noise > 0.45).astype(np.float32)
+    if pattern == "crosshatched":
+        a = np.mod(x + y + px, 5.0) < 1.3
+        b = np.mod(x - y + py + 64.0, 5.0) < 1.3
+        return ~(a | b) * np.float32(1)
+    raise ValueError(pattern)
+
+
+def _backgrounds(attrs: dict, rng: np.random.Generator, size: int) -> np.ndarray:
+    n = len(attrs["color"])
+    bg = np.empty((n, size, size, 3), dtype=np.float32)
+    kinds = attrs["background"]
+    tint = attrs["bg_tint"]
+    for k, name in enumerate(BACKGROUNDS):
+        idx = np.nonzero(kinds == k)[0]
+        if len(idx) == 0:
+            continue
+        m = len(idx)
+        if name in ("dark", "light", "gray"):
+            base = {"dark": 22.0, "light": 228.0, "gray": 125.0}[name]
+            t = (tint[idx, 0] - 0.5) * 16.0  # slight per-image colour cast
+            noise = rng.normal(0.0, 7.0, (m, size, size, 1)).astype(np.float32)
+            bg[idx] = base + t[:, None, None, :] + noise
+        elif name == "noisy":
+            bg[idx] = 40.0 + 160.0 * rng.random((m, size, size, 3), dtype=np.float32)
+        elif name == "patchwork":  # random coloured 4x4 blocks: strong clutter of colours
+            cells = 30.0 + 200.0 * rng.random((m, size // 4, size // 4, 3), dtype=np.float32)
+            bg[idx] = np.repeat(np.repeat(cells, 4, axis=1), 4, axis=2)[:, :size, :size]
+        elif name == "gradient":
+            c0 = 255.0 * tint[idx, 0][:, None, None, :]
+            c1 = 255.0 * tint[idx, 1][:, None, None, :]
+            ramp = (np.arange(size, dtype=np.float32) / (size - 1))[None, None, :, None]
+            bg[idx] = c0 * (1 - ramp) + c1 * ramp
+    return bg
+
+
+def render(attrs: dict[str, np.ndarray], rng: np.random.Generator, size: int = 32, supersample: int = 2) -> np.ndarray:
+    """Render a batch of images: uint8 array (n, size, size, 3). Deterministic given attrs and rng state."""
+    n = len(attrs["color"])
+    ss = supersample
+    S = size * ss
+    grid = (np.arange(S, dtype=np.float32) + 0.5) / ss  # pixel coordinates of the sub-samples
+    X = np.broadcast_to(grid[None, None, :], (1, S, S))
+    Y = np.broadcast_to(grid[None, :, None], (1, S, S))
+    speckle = rng.random((n, size, size), dtype=np.float32)
+    speckle = np.repeat(np.repeat(speckle, ss, axis=1), ss, axis=2)
+    bg = _backgrounds(attrs, rng, size)
+
+    cov = np.zeros((n, S, S), dtype=np.float32)  # coverage (0/1) of the shape at sub-sample level
+    for k, shape in enumerate(SHAPES):
+        idx = np.nonzero(attrs["shape"] == k)[0]
+        if len(idx) == 0:
+            continue
+        r = attrs["radius"][idx, None, None]
+        dx = X - attrs["cx"][idx, None, None]
+        dy = Y - attrs["cy"][idx, None, None]
+        ca = np.cos(attrs["angle"][idx])[:, None, None]
+        sa = np.sin(attrs["angle"][idx])[:, None, None]
+        u = (dx * ca + dy * sa) / r
+        v = (-dx * sa + dy * ca) / r
+        d = _sdf(shape, u, v)
+        outline = attrs["style"][idx] == STYLES.index("outline")
+        half_width = (1.0 / r)  # ~1 px on each side of the border
+        inside = np.where(outline[:, None, None], np.abs(d) < half_width, d < 0)
+        cov[idx] = inside
+
+    pat = np.ones((n, S, S), dtype=np.float32)
+    for k, pattern in enumerate(PATTERNS):
+        if pattern == "solid":
+            continue
+        idx = np.nonzero(attrs["pattern"] == k)[0]
+        if len(idx) == 0:
+            continue
+        pat[idx] = _pattern(pattern, X, Y, attrs["phase"][idx], speckle[idx])
+
+    base = np.clip(_COLOR_RGB[attrs["color"]] + attrs["jitter"], 0, 255)  # (n, 3)
+    bg_luma = bg.mean(axis=(1, 2, 3))
+    other = np.where(bg_luma < 100, 235.0, 15.0).astype(np.float32)[:, None]
+    tone2 = 0.3 * base + 0.7 * other  # the pattern's second tone contrasts with the background
+    fill = pat[..., None] * base[:, None, None, :] + (1 - pat[..., None]) * tone2[:, None, None, :]
+
+    # box-filter the sub-samples: premultiplied colour and alpha at the output resolution
+    premul = (fill * cov[..., None]).reshape(n, size, ss, size, ss, 3).mean(axis=(2, 4))
+    alpha = cov.reshape(n, size, ss, size, ss).mean(axis=(2, 4))[..., None]
+    img = premul + (1.0 - alpha) * bg
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+# ------------------------------------------------------------------------------------------ captions
+_SIZE_WORDS = {"small": ["small", "tiny", "small"], "medium": ["", "", "medium"], "large": ["large", "big", "large"]}
+
+
+def _position_phrase(cx: float, cy: float, size: int) -> str:
+    ox, oy = (cx - size / 2) / size, (cy - size / 2) / size
+    if max(abs(ox), abs(oy)) < 0.12:
+        return POSITIONS[0]
+    if abs(ox) >= abs(oy):
+        return POSITIONS[1] if ox < 0 else POSITIONS[2]
+    return POSITIONS[3] if oy < 0 else POSITIONS[4]
+
+
+def captions(attrs: dict[str, np.ndarray], rng: np.random.Generator, size: int = 32,
+             p_pattern_word: float = 0.3, p_partial_color: float = 0.12, p_texture_word: float = 0.2) -> list[str]:
+    """One caption per image (see the module docstring for the design)."""
+    n = len(attrs["color"])
+    u = rng.random((n, 8))
+    tmpl = rng.integers(0, 1 << 30, n)
+    out = []
+    for i in range(n):
+        color = COLOR_NAMES[attrs["color"][i]]
+        shape = SHAPES[attrs["shape"][i]]
+        sz = SIZES[attrs["size"][i]]
+        pattern = PATTERNS[attrs["pattern"][i]]
+        bg = BACKGROUNDS[attrs["background"][i]]
+        outline = STYLES[attrs["style"][i]] == "outline"
+        size_w = _SIZE_WORDS[sz][tmpl[i] % 3]
+        pat_w = pattern if (pattern != "solid" and u[i, 0] < p_pattern_word) else ""
+        tex_phrase = ""
+        if pat_w and u[i, 1] < p_texture_word:  # "... with a striped texture" instead of the adjective
+            tex_phrase, pat_w = f" with a {pattern} texture", ""
+        t = tmpl[i] // 3
+        if u[i, 2] < p_partial_color:  # colour only
+            forms = [
+                f"a photo of a {color} object.",
+                f"a {size_w} {color} object on a {bg} background.",
+                f"something {color}.",
+                f"a {color} thing{tex_phrase}.",
+            ]
+            cap = forms[t % len(forms)]
+        elif outline:
+            forms = [
+                f"an outline drawing of a {size_w} {pat_w} {color} {shape}.",
+                f"an outline of a {color} {shape} on a {bg} background.",
+                f"a drawing of a {color} {shape} in outline{tex_phrase}.",
+            ]
+            cap = forms[t % len(forms)]
+        else:
+            pos = _position_phrase(attrs["cx"][i], attrs["cy"][i], size)
+            forms = [
+                f"a photo of a {size_w} {pat_w} {color} {shape} on a {bg} background{tex_phrase}.",
+                f"a photo of a {size_w} {pat_w} {color} {shape}{tex_phrase}.",
+                f"a {size_w} {pat_w} {color} {shape} on a {bg} background.",
+                f"a {pat_w} {color} {shape} {pos}{tex_phrase}.",
+                f"a {bg} background with a {size_w} {pat_w} {color} {shape}.",
+                f"a photo of a {color} {shape}{tex_phrase}.",
+            ]
+            cap = forms[t % len(forms)]
+        out.append(" ".join(cap.split()).replace(" .", "."))
+    return out
+
+
+def render_batch(n: int, seed: int, size: int = 32, **dist) -> tuple[np.ndarray, dict[str, np.ndarray], list[str]]:
+    """Convenience: attributes, images and captions of n images from one seed."""
+    rng = np.random.default_rng(seed)
+    attrs = sample_attributes(rng, n, size=size, **dist)
+    images = render(attrs, rng, size=size)
+    return images, attrs, captions(attrs, rng, size=size)

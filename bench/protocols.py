@@ -1,0 +1,182 @@
+"""The four evaluation protocols as data, and their expansion into a grid of fully resolved run configs.
+
+A run trains once (or not at all, for zero-shot) and is evaluated on one or more test sets:
+
+| protocol      | trains on                          | evaluates on                                          |
+|---------------|------------------------------------|-------------------------------------------------------|
+| fewshot       | each dataset, K shots, all classes | its test split                                        |
+| base2new      | each dataset, 16 shots, base half  | base classes and new classes of its test split        |
+| domain_shift  | the source (ImageNet), 16 shots    | the source and its shifted variants (V2, Sketch, A, R)|
+| cross_dataset | the source (ImageNet), 16 shots    | the source and every other dataset of the group       |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bench.errors import BenchError
+
+# Dataset groups: the CoOp papers' 11 datasets, and the project's miniature world.
+GROUPS = ("coop11", "mini")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    shots: tuple[int, ...]
+    seeds: tuple[int, ...]
+    train_classes: str          # "all" | "base"
+    description: str
+
+
+PROTOCOLS = {
+    p.name: p
+    for p in [
+        Protocol("fewshot", (1, 2, 4, 8, 16), (1, 2, 3), "all", "K-shot training on all classes, test on all classes"),
+        Protocol("base2new", (16,), (1, 2, 3), "base", "16 shots on the base half; test on base and on new classes"),
+        Protocol("domain_shift", (16,), (1, 2, 3), "all", "train on the source, test on it and its shifted variants"),
+        Protocol("cross_dataset", (16,), (1, 2, 3), "all", "train on the source, test on every other dataset"),
+    ]
+}
+
+
+def get_protocol(name: str) -> Protocol:
+    if name not in PROTOCOLS:
+        raise BenchError(f"unknown protocol {name!r}; known: {', '.join(PROTOCOLS)}")
+    return PROTOCOLS[name]
+
+
+def group_datasets(group: str) -> list[str]:
+    from bench.data import list_specs
+
+    return [s.key for s in list_specs(group)]
+
+
+def sources(group: str) -> list[str]:
+    """Datasets of a group that have shifted variants (ImageNet; the miniature world's source)."""
+    from bench.data import list_specs
+
+    return [s.key for s in list_specs(group) if s.domain_shift_targets]
+
+
+def default_datasets(protocol: str, group: str) -> list[str]:
+    if protocol in ("domain_shift", "cross_dataset"):
+        return sources(group)[:1]
+    return group_datasets(group)
+
+
+def evals_for(protocol: str, dataset: str, group: str) -> list[dict]:
+    """The test sets a run of ``protocol`` trained on ``dataset`` is evaluated on."""
+    from bench.data import get_spec
+
+    if protocol == "base2new":
+        return [{"dataset": dataset, "classes": "base"}, {"dataset": dataset, "classes": "new"}]
+    if protocol == "domain_shift":
+        targets = list(get_spec(dataset).domain_shift_targets)
+        if not targets:
+            raise BenchError(f"dataset {dataset} has no domain-shift targets; sources: {', '.join(sources(group))}")
+        return [{"dataset": t, "classes": "all"} for t in [dataset, *targets]]
+    if protocol == "cross_dataset":
+        others = [d for d in group_datasets(group) if d != dataset]
+        return [{"dataset": t, "classes": "all"} for t in [dataset, *others]]
+    return [{"dataset": dataset, "classes": "all"}]
+
+
+def parse_int_list(text: str, what: str) -> list[int]:
+    """'1,2,4' -> [1, 2, 4]; one-line error otherwise."""
+    try:
+        values = [int(x) for x in str(text).split(",") if x.strip() != ""]
+    except ValueError:
+        raise BenchError(f"bad --{what} {text!r}: expected comma-separated integers, e.g. 1,2,4,8,16") from None
+    if not values:
+        raise BenchError(f"bad --{what} {text!r}: empty list")
+    if what == "shots" and any(v < 1 for v in values):
+        raise BenchError(f"bad --shots {text!r}: shot counts must be >= 1")
+    if what == "seeds" and any(v < 0 for v in values):
+        raise BenchError(f"bad --seeds {text!r}: seeds must be >= 0")
+    return sorted(set(values), key=values.index)
+
+
+def parse_overrides(pairs: list[str] | None) -> dict:
+    """['n_ctx=4', 'ctx_init=a photo of a'] -> {'n_ctx': 4, 'ctx_init': 'a photo of a'} (values parsed as YAML)."""
+    import yaml
+
+    out = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise BenchError(f"bad --set {pair!r}: expected KEY=VALUE, e.g. --set n_ctx=4")
+        key, value = pair.split("=", 1)
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            parsed = value
+        out[key.strip()] = parsed if isinstance(parsed, (int, float, bool, str)) or parsed is None else value
+    return out
+
+
+def method_label(method: str, overrides: dict) -> str:
+    if not overrides:
+        return method
+    return method + "[" + ",".join(f"{k}={v}" for k, v in sorted(overrides.items())) + "]"
+
+
+def expand(
+    protocol: str,
+    methods: list[str],
+    *,
+    datasets: list[str] | None = None,
+    shots: list[int] | None = None,
+    seeds: list[int] | None = None,
+    overrides: dict | None = None,
+    backbone: dict,
+    group: str = "coop11",
+    precision: str = "auto",
+    views: int | None = None,
+    data_root: str | None = None,
+) -> list[dict]:
+    """The grid of run configs (deduplicated, each complete enough to run on its own)."""
+    from bench.data import get_spec
+    from bench.registry import get_method
+
+    proto = get_protocol(protocol)
+    datasets = datasets or default_datasets(protocol, group)
+    for d in datasets:
+        get_spec(d)
+    shots = shots or list(proto.shots)
+    seeds = seeds or list(proto.seeds)
+    overrides = overrides or {}
+    grid, seen = [], set()
+    for name in methods:
+        cls = get_method(name)
+        for dataset in datasets:
+            evals = evals_for(protocol, dataset, group)
+            for k in shots if cls.needs_training else [0]:
+                for seed in seeds if cls.needs_training else [None]:
+                    hp = cls.default_hparams(protocol, dataset, k)
+                    unknown = sorted(set(overrides) - set(hp))
+                    if unknown:
+                        raise BenchError(f"unknown hyperparameter(s) {', '.join(unknown)} for method {name}; "
+                                         f"known: {', '.join(sorted(hp)) or '(none)'}")
+                    hp.update(overrides)
+                    epochs = hp.get("epochs")
+                    n_views = min(views, epochs) if (views and epochs) else epochs
+                    config = {
+                        "method": name,
+                        "label": method_label(name, overrides),
+                        "overrides": dict(sorted(overrides.items())),
+                        "hparams": dict(sorted(hp.items())),
+                        "backbone": dict(backbone),
+                        "precision": precision,
+                        "protocol": protocol,
+                        "train": {"dataset": dataset, "shots": k, "seed": seed, "classes": proto.train_classes},
+                        "evals": evals,
+                        "views": n_views if cls.needs_training else None,
+                        "data_root": data_root,
+                    }
+                    from bench.store import config_hash
+
+                    h = config_hash(config)
+                    if h not in seen:
+                        seen.add(h)
+                        grid.append(config)
+    return grid

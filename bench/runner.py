@@ -1,0 +1,235 @@
+"""Executing one run: backbone + data + few-shot sample + cached features -> method.fit -> logits -> metrics -> store.
+
+Knows nothing method-specific and nothing about SLURM: the launcher calls :func:`execute` for each config.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import resource
+import socket
+import subprocess
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench import log
+from bench.errors import BenchError
+from bench.features import FeatureCache
+from bench.method import Checkpointer, Context, TrainData, Unsupported
+from bench.paths import repo_root
+from bench.store import Store, config_hash
+
+_BACKBONES: dict = {}
+_CACHES: dict = {}
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def get_backbone(spec: dict, precision: str = "auto", device: str | None = None):
+    """One backbone (and one feature cache) per process and configuration."""
+    from bench.backbone import create_backbone
+
+    device = device or default_device()
+    key = (spec["arch"], spec["pretrained"], precision, device)
+    if key not in _BACKBONES:
+        log.info(f"loading backbone {spec['arch']} ({spec['pretrained']}) on {device}")
+        _BACKBONES[key] = create_backbone(spec["arch"], spec["pretrained"], device=device, precision=precision)
+        _CACHES[key] = FeatureCache(_BACKBONES[key])
+    return _BACKBONES[key], _CACHES[key]
+
+
+def set_seed(seed: int | None) -> None:
+    seed = int(seed or 0)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def metrics(logits: torch.Tensor, labels: torch.Tensor, classnames: list[str]) -> dict:
+    """Top-1 (micro) accuracy, per-class accuracy and macro-F1 (Dassl's: over the labels present), in percent."""
+    from sklearn.metrics import f1_score
+
+    pred = logits.argmax(dim=1).cpu().numpy()
+    y = labels.cpu().numpy()
+    per_class = {}
+    for c in np.unique(y):
+        mask = y == c
+        per_class[classnames[int(c)]] = float(100.0 * (pred[mask] == c).mean())
+    return {
+        "top1": float(100.0 * (pred == y).mean()) if len(y) else float("nan"),
+        "per_class": per_class,
+        "macro_f1": float(100.0 * f1_score(y, pred, average="macro", labels=np.unique(y))) if len(y) else float("nan"),
+        "n_test": int(len(y)),
+        "n_classes": len(classnames),
+    }
+
+
+def environment() -> dict:
+    import importlib.metadata as md
+
+    versions = {}
+    for pkg in ("torch", "torchvision", "open_clip_torch", "numpy", "scikit-learn", "submitit", "clip-prompt-bench"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_root(), capture_output=True, text=True,
+                                timeout=5).stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo_root(),
+                                    capture_output=True, text=True, timeout=5).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = None, None
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})"
+    return {
+        "python": platform.python_version(),
+        "packages": versions,
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "device": device,
+        "hostname": socket.gethostname(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "slurm_array_job_id": os.environ.get("SLURM_ARRAY_JOB_ID"),
+        "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"),
+    }
+
+
+def _peak_memory_mb(device: str) -> dict:
+    out = {"host_max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+    if device.startswith("cuda"):
+        out["gpu_peak_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def _split_for(data_root, dataset: str, classes: str):
+    """(dataset root, items, classnames) of one test split restricted to all/base/new classes."""
+    from bench.data import load_splits, subsample_classes
+
+    splits = load_splits(dataset, data_root)
+    if classes == "all":
+        return splits.root, splits.test, splits.classnames
+    _, _, test, names = subsample_classes(splits.train, splits.val, splits.test, classes, splits.classnames)
+    return splits.root, test, names
+
+
+def build_train_data(config: dict, backbone, cache: FeatureCache, data_root):
+    """Few-shot sample (the suite's shared, reference-identical picks) -> class subsample -> cached features."""
+    from bench.data import fewshot_sample, load_splits, subsample_classes, write_sample
+
+    tr = config["train"]
+    splits = load_splits(tr["dataset"], data_root)
+    sample = fewshot_sample(splits, tr["shots"], tr["seed"])
+    write_sample(splits, tr["shots"], tr["seed"])
+    train, val, _, names = subsample_classes(sample["train"], sample["val"], [], tr["classes"], splits.classnames)
+    root = splits.root
+    paths = [it.path for it in train]
+    labels = torch.tensor([it.label for it in train], dtype=torch.long)
+    n_views = int(config.get("views") or 1)
+    data = TrainData(
+        labels=labels,
+        view=lambda v: cache.get(root, paths, "train", v % n_views),
+        n_views=n_views,
+        eval_features=cache.get(root, paths, "eval"),
+        val_features=cache.get(root, [it.path for it in val], "eval") if val else None,
+        val_labels=torch.tensor([it.label for it in val], dtype=torch.long) if val else None,
+    )
+    return data, names
+
+
+def label_space(config: dict, data_root) -> list[str]:
+    from bench.data import load_splits, subsample_classes
+
+    tr = config["train"]
+    splits = load_splits(tr["dataset"], data_root)
+    if tr["classes"] == "all":
+        return splits.classnames
+    return subsample_classes(splits.train, splits.val, [], tr["classes"], splits.classnames)[3]
+
+
+def execute(config: dict, store: Store | None = None, checkpointer: Checkpointer | None = None,
+            checkpoint_every: int = 0, device: str | None = None) -> dict:
+    """Run one config end to end and write its result; returns the result (or the stored one if complete)."""
+    from bench.data import get_spec
+    from bench.registry import get_method
+
+    store = store or Store()
+    done = store.load(config)
+    if done is not None:
+        return done
+    data_root = config.get("data_root")
+    if not data_root:
+        raise BenchError("no data root: pass --data-root DIR (or set BENCH_DATA)")
+    cls = get_method(config["method"])
+    t0 = time.time()
+    backbone, cache = get_backbone(config["backbone"], config.get("precision", "auto"), device)
+    if backbone.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    tr = config["train"]
+    spec = get_spec(tr["dataset"])
+    set_seed(tr["seed"])
+    if cls.needs_training:
+        train, classnames = build_train_data(config, backbone, cache, data_root)
+    else:
+        train, classnames = None, label_space(config, data_root)
+    ctx = Context(backbone=backbone, classnames=classnames, template=spec.template,
+                  kgcoop_template=spec.kgcoop_template, dataset=tr["dataset"], hparams=dict(config["hparams"]),
+                  seed=tr["seed"], protocol=config["protocol"], checkpointer=checkpointer or Checkpointer(),
+                  checkpoint_every=checkpoint_every, log=log.info)
+    method = cls(ctx)
+    set_seed(tr["seed"])
+    t_fit = time.time()
+    stats = method.fit(train) if train is not None else {}
+    train_time = time.time() - t_fit
+    evaluations = {}
+    t_eval = time.time()
+    for ev in config["evals"]:
+        name = ev["dataset"] if ev["classes"] == "all" else f"{ev['dataset']}:{ev['classes']}"
+        root, items, names = _split_for(data_root, ev["dataset"], ev["classes"])
+        feats = cache.get(root, [it.path for it in items], "eval")
+        labels = torch.tensor([it.label for it in items], dtype=torch.long)
+        try:
+            with torch.no_grad():
+                logits = method.logits(feats.to(backbone.device), names)
+        except Unsupported as e:
+            evaluations[name] = {"top1": None, "unsupported": str(e), **ev}
+            continue
+        evaluations[name] = {**metrics(logits, labels, names), **ev}
+        log.info(f"{config['label']} {tr['dataset']} shots={tr['shots']} seed={tr['seed']} -> {name}: "
+                 f"top1 {evaluations[name]['top1']:.2f}%")
+    result = {
+        "status": "complete",
+        "hash": config_hash(config),
+        "config": config,
+        "metrics": evaluations,
+        "train_stats": stats,
+        "templates": getattr(method, "template_info", lambda: {"template": spec.template})(),
+        "backbone_resolved": {"arch": backbone.arch, "identity": backbone.identity},
+        "time": {"total_s": time.time() - t0, "train_s": train_time, "eval_s": time.time() - t_eval},
+        "memory": _peak_memory_mb(backbone.device),
+        "environment": environment(),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    store.write(result)
+    (checkpointer or Checkpointer()).clear()
+    return result
+
+
+def execute_safely(config: dict, store: Store, **kw) -> dict | None:
+    """Like :func:`execute`, but a failing run is recorded (never losing other results) and returns None."""
+    try:
+        return execute(config, store, **kw)
+    except BenchError as e:
+        store.write_failure(config, str(e))
+        log.info(f"FAILED {config['label']} {config['train']['dataset']}: {e}")
+    except Exception as e:  # noqa: BLE001 - recorded with its traceback, the grid goes on
+        store.write_failure(config, f"{type(e).__name__}: {e}", {"traceback": traceback.format_exc()})
+        log.info(f"FAILED {config['label']} {config['train']['dataset']}: {type(e).__name__}: {e}")
+    return None
