@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -76,7 +77,7 @@ def create_backbone(arch: str, pretrained: str | None, device: str = "cpu", prec
 
     source = pretrained
     if pretrained == "mini":
-        from bench.mini import ensure_checkpoint  # owned by the mini world; imported only when needed
+        from bench.mini.pretrain import ensure_checkpoint  # the mini world's; pretrains once if missing
         source = str(ensure_checkpoint())
 
     tag, checkpoint, state_dict, quick_gelu = None, None, None, None
@@ -177,7 +178,9 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
             from safetensors.torch import load_file
             state_dict = load_file(str(path), device="cpu")
         elif _is_torchscript(path):
-            state_dict, openai = torch.jit.load(str(path), map_location="cpu").state_dict(), True
+            with warnings.catch_warnings():  # torch.jit is deprecated, yet it is OpenAI's release format
+                warnings.simplefilter("ignore", FutureWarning)
+                state_dict, openai = torch.jit.load(str(path), map_location="cpu").state_dict(), True
         else:
             state_dict = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt, truncated, not a checkpoint, unsafe pickle, ...
@@ -262,7 +265,7 @@ def train_transform(image_size: int, mean, std) -> T.Compose:
 class Backbone:
     """A frozen open_clip model with the encoders the methods need (see create_backbone)."""
 
-    def __init__(self, model, arch: str, pretrained: str | None, identity: str, device: torch.device,
+    def __init__(self, model, arch: str, pretrained: str | None, identity: str, device: str | torch.device,
                  precision: str, force_quick_gelu: bool = False):
         model.requires_grad_(False)
         model.eval()
@@ -270,7 +273,7 @@ class Backbone:
         self.arch = arch
         self.pretrained = pretrained
         self.identity = identity
-        self.device = device
+        self.device: str = str(device)  # "cpu", "cuda", "cuda:1"
         self.precision = precision  # resolved: fp32 | amp | bf16 | fp16
         self.force_quick_gelu = force_quick_gelu
 
@@ -383,4 +386,4 @@ class Backbone:
         dtype = {"amp": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
         if dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+        return torch.autocast(device_type=torch.device(self.device).type, dtype=dtype)

@@ -78,15 +78,19 @@ def resolve_grid_args(args) -> dict:
         from bench.mini import ensure_data
 
         data_root = str(ensure_data())
+    import open_clip
+
     from bench.backbone import resolve_arch
 
+    if backbone not in open_clip.list_models():
+        raise BenchError(f"unknown backbone '{backbone}': not an open_clip architecture (see `bench list backbones`)")
     arch, _ = resolve_arch(backbone, pretrained)
     return {
         "protocol": args.protocol,
         "methods": _csv(args.methods),
         "datasets": _csv(args.datasets),
-        "shots": parse_int_list(args.shots, "shots") if args.shots else None,
-        "seeds": parse_int_list(args.seeds, "seeds") if args.seeds else None,
+        "shots": parse_int_list(args.shots, "shots") if args.shots is not None else None,
+        "seeds": parse_int_list(args.seeds, "seeds") if args.seeds is not None else None,
         "overrides": parse_overrides(args.overrides),
         "backbone": {"arch": arch, "pretrained": pretrained, "weights": _weights_id(pretrained)},
         "group": preset.get("group", "coop11"),
@@ -122,9 +126,10 @@ def _store(args):
     return Store(args.results) if getattr(args, "results", None) else Store()
 
 
-def preflight(grid: list[dict]) -> None:
-    """Fail fast, in one line, on data problems before any run starts."""
+def preflight(grid: list[dict], load_backbone: bool = True) -> None:
+    """Fail fast, in one line, on data or weight problems before any run starts."""
     from bench.data import load_splits
+    from bench.runner import get_backbone
 
     roots = {c["data_root"] for c in grid}
     if None in roots:
@@ -133,6 +138,9 @@ def preflight(grid: list[dict]) -> None:
     needed |= {(c["data_root"], e["dataset"]) for c in grid for e in c["evals"]}
     for root, dataset in sorted(needed):
         load_splits(dataset, root)
+    if load_backbone:
+        for spec in {json.dumps(c["backbone"], sort_keys=True): c["backbone"] for c in grid}.values():
+            get_backbone(spec, grid[0].get("precision", "auto"))
 
 
 def cmd_run(args) -> int:
@@ -150,7 +158,7 @@ def cmd_run(args) -> int:
                   f"-> {evals}")
         print(f"{len(grid)} runs, {len(grid) - len(todo)} done, {len(todo)} to run")
         return 0
-    preflight(grid)
+    preflight(grid, load_backbone=args.launcher == "local")
     if args.launcher == "slurm":
         from bench.launch import launch_slurm
 

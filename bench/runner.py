@@ -116,19 +116,20 @@ def _split_for(data_root, dataset: str, classes: str):
     splits = load_splits(dataset, data_root)
     if classes == "all":
         return splits.root, splits.test, splits.classnames
-    _, _, test, names = subsample_classes(splits.train, splits.val, splits.test, classes, splits.classnames)
-    return splits.root, test, names
+    sub = subsample_classes(splits.train, splits.val, splits.test, classes)
+    return splits.root, sub.test, sub.classnames
 
 
 def build_train_data(config: dict, backbone, cache: FeatureCache, data_root):
     """Few-shot sample (the suite's shared, reference-identical picks) -> class subsample -> cached features."""
-    from bench.data import fewshot_sample, load_splits, subsample_classes, write_sample
+    from bench.data import fewshot_sample, load_splits, sample_file, subsample_classes, write_sample
 
     tr = config["train"]
     splits = load_splits(tr["dataset"], data_root)
     sample = fewshot_sample(splits, tr["shots"], tr["seed"])
-    write_sample(splits, tr["shots"], tr["seed"])
-    train, val, _, names = subsample_classes(sample["train"], sample["val"], [], tr["classes"], splits.classnames)
+    if not sample_file(tr["dataset"], tr["shots"], tr["seed"]).is_file():
+        write_sample(splits, tr["shots"], tr["seed"])  # the record users can diff against the reference's picks
+    train, val, _, names = subsample_classes(sample["train"], sample["val"], [], tr["classes"])
     root = splits.root
     paths = [it.path for it in train]
     labels = torch.tensor([it.label for it in train], dtype=torch.long)
@@ -151,7 +152,7 @@ def label_space(config: dict, data_root) -> list[str]:
     splits = load_splits(tr["dataset"], data_root)
     if tr["classes"] == "all":
         return splits.classnames
-    return subsample_classes(splits.train, splits.val, [], tr["classes"], splits.classnames)[3]
+    return subsample_classes(splits.train, splits.val, splits.test, tr["classes"]).classnames
 
 
 def execute(config: dict, store: Store | None = None, checkpointer: Checkpointer | None = None,

@@ -81,7 +81,7 @@ def _weights(attr: str, spec) -> np.ndarray:
     return w / w.sum()
 
 
-def sample_attributes(rng: np.random.Generator, n: int, size: int = 32, **dist) -> dict[str, np.ndarray]:
+def sample_attributes(rng: np.random.Generator, n: int, image_size: int = 32, **dist) -> dict[str, np.ndarray]:
     """Draw n images' attributes. ``dist[attr]`` restricts/weights an attribute (list of names or
     {name: weight}); unspecified attributes use PRETRAIN_DIST (or uniform). Fixed attributes can also be
     given as a full int array of length n (e.g. ``color=np.array([...])``)."""
@@ -92,13 +92,15 @@ def sample_attributes(rng: np.random.Generator, n: int, size: int = 32, **dist) 
             out[attr] = spec.astype(np.int64)
             continue
         out[attr] = rng.choice(len(VOCAB[attr]), size=n, p=_weights(attr, spec)).astype(np.int64)
+    if "pattern" not in dist:  # outline drawings carry no fill pattern unless asked for
+        out["pattern"][out["style"] == STYLES.index("outline")] = PATTERNS.index("solid")
     lo = np.array([SIZE_RADIUS[s][0] for s in SIZES])[out["size"]]
     hi = np.array([SIZE_RADIUS[s][1] for s in SIZES])[out["size"]]
-    scale = size / 32.0
+    scale = image_size / 32.0
     radius = (lo + (hi - lo) * rng.random(n)) * scale
     margin = radius + 1.0 * scale
-    cx = margin + (size - 2 * margin) * rng.random(n)
-    cy = margin + (size - 2 * margin) * rng.random(n)
+    cx = margin + (image_size - 2 * margin) * rng.random(n)
+    cy = margin + (image_size - 2 * margin) * rng.random(n)
     out["radius"] = radius.astype(np.float32)
     out["cx"] = cx.astype(np.float32)
     out["cy"] = cy.astype(np.float32)
@@ -194,7 +196,7 @@ def _backgrounds(attrs: dict, rng: np.random.Generator, size: int) -> np.ndarray
         elif name == "noisy":
             bg[idx] = 40.0 + 160.0 * rng.random((m, size, size, 3), dtype=np.float32)
         elif name == "patchwork":  # random coloured 4x4 blocks: strong clutter of colours
-            cells = 30.0 + 200.0 * rng.random((m, size // 4, size // 4, 3), dtype=np.float32)
+            cells = 60.0 + 150.0 * rng.random((m, size // 4, size // 4, 3), dtype=np.float32)
             bg[idx] = np.repeat(np.repeat(cells, 4, axis=1), 4, axis=2)[:, :size, :size]
         elif name == "gradient":
             c0 = 255.0 * tint[idx, 0][:, None, None, :]
@@ -204,9 +206,10 @@ def _backgrounds(attrs: dict, rng: np.random.Generator, size: int) -> np.ndarray
     return bg
 
 
-def render(attrs: dict[str, np.ndarray], rng: np.random.Generator, size: int = 32, supersample: int = 2) -> np.ndarray:
+def render(attrs: dict[str, np.ndarray], rng: np.random.Generator, image_size: int = 32, supersample: int = 2) -> np.ndarray:
     """Render a batch of images: uint8 array (n, size, size, 3). Deterministic given attrs and rng state."""
     n = len(attrs["color"])
+    size = image_size
     ss = supersample
     S = size * ss
     grid = (np.arange(S, dtype=np.float32) + 0.5) / ss  # pixel coordinates of the sub-samples
@@ -269,7 +272,7 @@ def _position_phrase(cx: float, cy: float, size: int) -> str:
     return POSITIONS[3] if oy < 0 else POSITIONS[4]
 
 
-def captions(attrs: dict[str, np.ndarray], rng: np.random.Generator, size: int = 32,
+def captions(attrs: dict[str, np.ndarray], rng: np.random.Generator, image_size: int = 32,
              p_pattern_word: float = 0.3, p_partial_color: float = 0.12, p_texture_word: float = 0.2) -> list[str]:
     """One caption per image (see the module docstring for the design)."""
     n = len(attrs["color"])
@@ -305,7 +308,7 @@ def captions(attrs: dict[str, np.ndarray], rng: np.random.Generator, size: int =
             ]
             cap = forms[t % len(forms)]
         else:
-            pos = _position_phrase(attrs["cx"][i], attrs["cy"][i], size)
+            pos = _position_phrase(attrs["cx"][i], attrs["cy"][i], image_size)
             forms = [
                 f"a photo of a {size_w} {pat_w} {color} {shape} on a {bg} background{tex_phrase}.",
                 f"a photo of a {size_w} {pat_w} {color} {shape}{tex_phrase}.",
@@ -319,9 +322,9 @@ def captions(attrs: dict[str, np.ndarray], rng: np.random.Generator, size: int =
     return out
 
 
-def render_batch(n: int, seed: int, size: int = 32, **dist) -> tuple[np.ndarray, dict[str, np.ndarray], list[str]]:
+def render_batch(n: int, seed: int, image_size: int = 32, **dist) -> tuple[np.ndarray, dict[str, np.ndarray], list[str]]:
     """Convenience: attributes, images and captions of n images from one seed."""
     rng = np.random.default_rng(seed)
-    attrs = sample_attributes(rng, n, size=size, **dist)
-    images = render(attrs, rng, size=size)
-    return images, attrs, captions(attrs, rng, size=size)
+    attrs = sample_attributes(rng, n, image_size=image_size, **dist)
+    images = render(attrs, rng, image_size=image_size)
+    return images, attrs, captions(attrs, rng, image_size=image_size)

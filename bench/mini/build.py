@@ -1,0 +1,212 @@
+"""Downstream datasets of the miniature world, written once in CoOp's split_json layout.
+
+``ensure_data(root=None, fast=False)`` writes, under ``<cache_dir>/mini/data`` (or ``root``)::
+
+    <root>/<dir>/images/<class_folder>/<n>.jpg        real 32 px JPEGs
+    <root>/<dir>/split_zhou_<Name>.json              {"train": [[relpath, label, classname], ...], "val": ..., "test": ...}
+
+for every dataset in ``DATASETS`` (specs: ``datasets/<key>.yaml``, group ``mini`` / ``mini_variant``), and a
+marker file ``.complete`` (holding the data key) last; a root whose marker matches is left alone. The
+datasets do not depend on ``fast`` (it is accepted for symmetry with ``ensure_checkpoint``): they are
+small and take a few seconds. ``render_split(key)`` gives the same images in memory (no JPEG).
+``python -m bench.mini.build [--root DIR]`` does the same from a shell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from bench import log
+from bench.paths import cache_dir
+
+from . import render as R
+
+MARKER = ".complete"
+SPLIT_NAMES = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class MiniDataset:
+    key: str                 # = datasets/<key>.yaml
+    name: str                # reference-style name (split_zhou_<name>.json)
+    display_name: str
+    template: str            # hand-crafted zero-shot prompt
+    classes: tuple           # ((folder, classname, {attr: value name}), ...) in label order
+    dist: dict               # distribution of the free attributes (see render.sample_attributes)
+    per_class: tuple         # images per class (train, val, test)
+    seed: int
+    about: str
+    variant_of: str | None = None
+    kgcoop_template: str | None = None
+    domain_shift_targets: tuple = ()
+
+    @property
+    def dir(self) -> str:
+        return self.key
+
+    @property
+    def split_file(self) -> str:
+        return f"split_zhou_{self.name}.json"
+
+    @property
+    def classnames(self) -> list[str]:
+        return [c[1] for c in self.classes]
+
+
+def _one(attr: str, values: list[str]) -> tuple:
+    return tuple((v, v, {attr: v}) for v in values)
+
+
+OBJECT_COLORS = ["red", "orange", "yellow", "green", "blue", "purple"]
+OBJECT_SHAPES = ["circle", "square", "triangle", "star"]
+_OBJECT_CLASSES = tuple((f"{c}_{s}", f"{c} {s}", {"color": c, "shape": s}) for c in OBJECT_COLORS for s in OBJECT_SHAPES)
+_OBJECT_DIST = {"size": ["small", "medium", "large"], "pattern": ["solid"], "style": ["filled"],
+                "background": R.PRETRAIN_BACKGROUNDS}
+
+DATASETS: dict[str, MiniDataset] = {}
+for _d in [
+    MiniDataset(
+        key="mini_colors", name="MiniColors", display_name="MiniColors",
+        template="a photo of a {} object.",
+        classes=_one("color", R.COLOR_NAMES),
+        dist={"size": ["medium", "large"], "style": ["filled"]},
+        per_class=(24, 8, 40), seed=101,
+        about="coarse: the colour of any shape (8 classes); the prompt matches the captions: easy zero-shot"),
+    MiniDataset(
+        key="mini_shapes", name="MiniShapes", display_name="MiniShapes",
+        template="a photo of a {}.",
+        classes=_one("shape", ["circle", "square", "triangle", "diamond", "star", "cross", "heart", "hexagon"]),
+        dist={"size": ["medium", "large"], "pattern": ["solid"], "style": ["filled"]},
+        per_class=(24, 8, 40), seed=102,
+        about="shapes of any colour (8 classes); captions always name a colour before the shape, so the bare "
+              "prompt is off-distribution: the prompt sensitivity that a learned context fixes"),
+    MiniDataset(
+        key="mini_objects", name="MiniObjects", display_name="MiniObjects",
+        template="a photo of a {}.",
+        classes=_OBJECT_CLASSES, dist=_OBJECT_DIST,
+        per_class=(24, 8, 40), seed=103,
+        about="fine-grained colour x shape (24 classes; base = first 12 = red/orange/yellow, new = the rest)",
+        domain_shift_targets=("mini_objects_outline", "mini_objects_patchwork", "mini_objects_textured")),
+    MiniDataset(
+        key="mini_textures", name="MiniTextures", display_name="MiniTextures",
+        template="{} texture.",
+        classes=_one("pattern", R.PATTERNS[1:]),
+        dist={"size": ["large"], "style": ["filled"], "shape": ["circle", "square", "hexagon", "heart"],
+              "background": ["dark", "light", "gray"]},
+        per_class=(24, 8, 40), seed=104,
+        about="specialised: the fill pattern (8 classes), words the captions rarely use"),
+    # domain-shifted, test-only copies of mini_objects (same classes and template)
+    MiniDataset(
+        key="mini_objects_outline", name="MiniObjectsOutline", display_name="MiniObjects-Outline",
+        template="a photo of a {}.", classes=_OBJECT_CLASSES, dist={**_OBJECT_DIST, "style": ["outline"]},
+        per_class=(0, 0, 40), seed=105, variant_of="mini_objects",
+        about="mini_objects drawn as outlines (a style pretraining saw in 20% of images)"),
+    MiniDataset(
+        key="mini_objects_patchwork", name="MiniObjectsPatchwork", display_name="MiniObjects-Patchwork",
+        template="a photo of a {}.", classes=_OBJECT_CLASSES, dist={**_OBJECT_DIST, "background": ["patchwork"]},
+        per_class=(0, 0, 40), seed=106, variant_of="mini_objects",
+        about="mini_objects on a cluttered background of random coloured blocks (never seen in pretraining)"),
+    MiniDataset(
+        key="mini_objects_textured", name="MiniObjectsTextured", display_name="MiniObjects-Textured",
+        template="a photo of a {}.", classes=_OBJECT_CLASSES,
+        dist={**_OBJECT_DIST, "pattern": R.PATTERNS[1:], "size": ["medium", "large"]},
+        per_class=(0, 0, 40), seed=107, variant_of="mini_objects",
+        about="mini_objects filled with two-tone patterns"),
+]:
+    DATASETS[_d.key] = _d
+
+
+def data_key() -> str:
+    """Hash of everything that determines the written data (renderer version + dataset definitions)."""
+    blob = json.dumps({"renderer": R.VERSION, "jpeg": [95, 0],
+                       "datasets": {k: repr(d) for k, d in sorted(DATASETS.items())}}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def render_split(key: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{split: (images uint8 (n,32,32,3), labels (n,))} for one dataset, deterministic; classes in label
+    order within each split."""
+    d = DATASETS[key]
+    rng = np.random.default_rng(d.seed)
+    out = {}
+    for si, split in enumerate(SPLIT_NAMES):
+        per = d.per_class[si]
+        labels = np.repeat(np.arange(len(d.classes)), per)
+        fixed: dict[str, np.ndarray] = {}
+        for attr in {a for c in d.classes for a in c[2]}:
+            vocab = R.VOCAB[attr]
+            fixed[attr] = np.array([vocab.index(d.classes[y][2][attr]) for y in labels], dtype=np.int64)
+        attrs = R.sample_attributes(rng, len(labels), **{**d.dist, **fixed})
+        images = R.render(attrs, rng) if len(labels) else np.zeros((0, 32, 32, 3), np.uint8)
+        out[split] = (images, labels)
+    return out
+
+
+def write_dataset(key: str, root: Path) -> dict:
+    """Write one dataset's JPEGs and split JSON under root/<dir>; returns the split sizes."""
+    d = DATASETS[key]
+    base = root / d.dir
+    if base.exists():
+        shutil.rmtree(base)
+    img_dir = base / "images"
+    for folder, _, _ in d.classes:
+        (img_dir / folder).mkdir(parents=True, exist_ok=True)
+    counters = [0] * len(d.classes)
+    split_json: dict[str, list] = {}
+    for split, (images, labels) in render_split(key).items():
+        entries = []
+        for img, y in zip(images, labels):
+            folder, classname, _ = d.classes[y]
+            rel = f"{folder}/{counters[y]:04d}.jpg"
+            counters[y] += 1
+            buf = io.BytesIO()
+            Image.fromarray(img).save(buf, format="JPEG", quality=95, subsampling=0)
+            (img_dir / rel).write_bytes(buf.getvalue())
+            entries.append([rel, int(y), classname])
+        split_json[split] = entries
+    (base / d.split_file).write_text(json.dumps(split_json) + "\n")
+    return {s: len(v) for s, v in split_json.items()}
+
+
+def ensure_data(root: Path | str | None = None, fast: bool = False) -> Path:
+    """The data root holding every mini dataset (written once; skipped when its complete marker matches)."""
+    root = Path(root) if root is not None else cache_dir() / "mini" / "data"
+    key = data_key()
+    marker = root / MARKER
+    if marker.is_file() and marker.read_text().strip() == key:
+        log.info(f"mini datasets: found complete (key={key}) at {root}")
+        return root
+    t0 = time.time()
+    root.mkdir(parents=True, exist_ok=True)
+    if marker.exists():
+        marker.unlink()
+    for k in DATASETS:
+        sizes = write_dataset(k, root)
+        log.info(f"mini datasets: wrote {k} {sizes}")
+    tmp = root / (MARKER + ".tmp")
+    tmp.write_text(key + "\n")
+    os.replace(tmp, marker)
+    log.info(f"mini datasets: {len(DATASETS)} written in {time.time() - t0:.1f}s (key={key}) at {root}")
+    return root
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench.mini.build", description=__doc__.splitlines()[0])
+    ap.add_argument("--root", default=None, help="data root (default: <cache>/mini/data)")
+    a = ap.parse_args(argv)
+    print(ensure_data(a.root))
+
+
+if __name__ == "__main__":
+    main()
