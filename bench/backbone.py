@@ -104,8 +104,11 @@ def create_backbone(arch: str, pretrained: str | None, device: str = "cpu", prec
         identity = f"{arch_id}@{tag}"
     elif checkpoint is not None:
         identity = f"{arch_id}@sha256:{checkpoint_digest(checkpoint)[:16]}"
-    else:
-        identity = f"{arch_id}@random"
+    else:  # random weights differ per creation: key caches on their content
+        h = hashlib.sha256()
+        for t in model.state_dict().values():
+            h.update(t.detach().float().cpu().numpy().tobytes())
+        identity = f"{arch_id}@random-{h.hexdigest()[:16]}"
     return Backbone(model, arch=name, pretrained=pretrained, identity=identity, device=device, precision=precision,
                     force_quick_gelu=force_quick_gelu)
 

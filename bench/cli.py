@@ -50,7 +50,7 @@ def _weights_id(pretrained: str | None) -> str:
         return "random"
     path = Path(pretrained).expanduser()
     if pretrained == "mini":
-        from bench.mini import ensure_checkpoint
+        from bench.mini.pretrain import ensure_checkpoint
 
         path = Path(ensure_checkpoint())
     elif not path.is_file():
@@ -75,7 +75,7 @@ def resolve_grid_args(args) -> dict:
         pretrained = None
     data_root = args.data_root or os.environ.get("BENCH_DATA")
     if args.preset == "mini" and not args.data_root:
-        from bench.mini import ensure_data
+        from bench.mini.build import ensure_data
 
         data_root = str(ensure_data())
     import open_clip
@@ -173,27 +173,26 @@ def cmd_run(args) -> int:
 def cmd_status(args) -> int:
     from collections import Counter
 
+    from bench.slurm import print_status_details, run_states
+    from bench.store import config_hash
+
     grid, _ = build_grid(args)
     store = _store(args)
+    states = run_states(grid, store)  # done | pending | running | failed | missing (| unknown: queue unreachable)
     counts: Counter = Counter()
-    failures = []
     for c in grid:
-        key = (c["protocol"], c["label"], c["train"]["dataset"])
-        if store.is_complete(c):
-            counts[key + ("done",)] += 1
-        elif store.failure(c):
-            counts[key + ("failed",)] += 1
-            failures.append((c, store.failure(c)))
-        else:
-            counts[key + ("missing",)] += 1
+        counts[(c["protocol"], c["label"], c["train"]["dataset"], states[config_hash(c)]["state"])] += 1
+    cols = ["done", "missing", "failed"]
+    if any(s["job_id"] for s in states.values()):  # something of this grid was submitted to SLURM
+        cols = ["done", "pending", "running", "missing", "failed"]
+        if any(s["state"] == "unknown" for s in states.values()):
+            cols.append("unknown")
+    width = {"done": 5, "pending": 8, "running": 8, "missing": 8, "failed": 7, "unknown": 8}
     keys = sorted({k[:3] for k in counts})
-    print(f"{'protocol':14} {'method':28} {'dataset':16} {'done':>5} {'missing':>8} {'failed':>7}")
+    print(f"{'protocol':14} {'method':28} {'dataset':16} " + " ".join(f"{c:>{width[c]}}" for c in cols))
     for k in keys:
-        print(f"{k[0]:14} {k[1]:28} {k[2]:16} {counts[k + ('done',)]:>5} {counts[k + ('missing',)]:>8} "
-              f"{counts[k + ('failed',)]:>7}")
-    for c, f in failures[:10]:
-        print(f"failed: {c['label']} {c['train']['dataset']} shots={c['train']['shots']} seed={c['train']['seed']}: "
-              f"{f.get('error')}")
+        print(f"{k[0]:14} {k[1]:28} {k[2]:16} " + " ".join(f"{counts[k + (c,)]:>{width[c]}}" for c in cols))
+    print_status_details(grid, states)
     return 0
 
 
@@ -267,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="print the grid and what is already done")
     p.add_argument("--launcher", default="local", choices=["local", "slurm"])
     p.add_argument("--slurm-profile", help="YAML profile in slurm/ (partition, account, gpus, time, ...)")
+    p.add_argument("--slurm", action="append", metavar="KEY=VALUE",
+                   help="override a SLURM profile key (repeatable), e.g. --slurm partition=gpu --slurm time=2:00:00 "
+                        "--slurm sbatch.mail-type=END (keys: slurm/README.md)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("status", help="done / missing / failed runs of a grid")

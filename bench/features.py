@@ -35,7 +35,9 @@ def view_seed(relpath: str, view: int) -> int:
     return int(_digest(f"{relpath}|{view}", 15), 16)
 
 
-class _Images(torch.utils.data.Dataset):
+class ImageList(torch.utils.data.Dataset):
+    """Images of a dataset root by relative path -> (transformed tensor, error message or "")."""
+
     def __init__(self, root: Path, relpaths: list[str], transform, view: int | None):
         self.root, self.relpaths, self.transform, self.view = root, relpaths, transform, view
 
@@ -149,7 +151,7 @@ class FeatureCache:
     def _encode(self, dataset_root: Path, relpaths: list[str], transform: str, view: int) -> torch.Tensor:
         b = self.backbone
         tf = b.eval_transform if transform == "eval" else b.train_transform
-        ds = _Images(dataset_root, relpaths, tf, view if transform == "train" else None)
+        ds = ImageList(dataset_root, relpaths, tf, view if transform == "train" else None)
         loader = torch.utils.data.DataLoader(ds, batch_size=self.batch_size, num_workers=self.workers,
                                              collate_fn=_collate)
         out = []

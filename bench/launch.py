@@ -23,3 +23,10 @@ def launch_local(grid: list[dict], store: Store, device: str | None = None) -> d
         else:
             ok += 1
     return {"total": len(grid), "skipped": len(grid) - len(todo), "ran": ok, "failed": failed}
+
+
+def launch_slurm(grid: list[dict], store: Store, args) -> dict:
+    """Submit the missing runs of ``grid`` as SLURM job arrays (see :mod:`bench.slurm`); returns at once."""
+    from bench.slurm import launch_slurm as _launch_slurm
+
+    return _launch_slurm(grid, store, args)

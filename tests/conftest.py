@@ -10,7 +10,7 @@ _SESSION_DIR = tempfile.mkdtemp(prefix="bench-tests-")
 os.environ.setdefault("BENCH_CACHE", os.path.join(_SESSION_DIR, "cache"))
 os.environ.setdefault("BENCH_RESULTS", os.path.join(_SESSION_DIR, "results"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+torch.set_num_threads(1)  # small models: one thread is fastest and avoids oversubscription
 
 TINY = {"arch": "tiny-test", "pretrained": None, "weights": "random"}
 

@@ -1,0 +1,814 @@
+"""Tables and statistics from the results store (``bench table``): tidy frame -> seed aggregation -> tables.
+
+Nothing here runs anything: it reads the store's result JSONs (one per run) and aggregates them.
+
+* :func:`tidy` -- one row per (run, eval): protocol, label, method, backbone, train dataset, eval dataset,
+  classes, shots, seed, top1, macro-F1, per-class mean, n_test.
+* :func:`aggregate` -- mean and population std (ddof = 0) over the expected seeds of the *unrounded*
+  accuracies (PROTOCOL.md §5). A cell with fewer seeds than expected is flagged as incomplete, never averaged.
+* :func:`build_tables` -- one table per protocol (and backbone / source): few-shot (method x shots by
+  dataset + Average), base-to-new (Base / New / H per dataset and the average row with H of the averaged
+  B and N), domain shift (source, targets, target average), cross-dataset (source, targets, average of
+  the targets). An average is given only when every dataset it averages is complete.
+* :func:`render` -- md | csv | latex, with the best entry per column marked (bold; '*' in csv).
+* :func:`paired_test` -- Wilcoxon signed-rank (or paired t) test of two methods over matched
+  (dataset, shots, seed) cells.
+* ``--compare paper`` adds the published numbers of ``results/reference/*.csv`` and our difference to them.
+
+Heavy imports (pandas, numpy, scipy) happen inside functions so that ``bench --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.errors import BenchError
+
+PROTOCOL_NAMES = ("fewshot", "base2new", "domain_shift", "cross_dataset")
+FORMATS = ("md", "csv", "latex")
+METRICS = ("top1", "macro_f1", "per_class_mean")
+# Row order of the usual methods (the CoOp papers' order); any other method follows, alphabetically.
+METHOD_ORDER = ("zeroshot", "linear_probe", "coop", "cocoop", "kgcoop", "maple")
+STATUS_MARKS = {"RECALLED": "†", "DERIVED": "‡"}
+STATUS_NOTES = {
+    "RECALLED": "† RECALLED: the paper's number as commonly quoted, not seen verbatim in a repository file "
+                "(PROTOCOL.md §6); check it against the PDF.",
+    "DERIVED": "‡ DERIVED: computed here from VERBATIM numbers (e.g. the mean of the author's per-seed values).",
+}
+
+FRAME_COLUMNS = [
+    "protocol", "label", "method", "backbone", "weights", "train_dataset", "train_classes", "shots", "seed",
+    "eval", "eval_dataset", "classes", "top1", "macro_f1", "per_class_mean", "n_test", "unsupported", "hash",
+    "finished_at",
+]
+KEY = ["backbone", "weights", "protocol", "label", "method", "train_dataset", "shots", "eval", "eval_dataset",
+       "classes"]
+
+
+def reference_dir() -> Path:
+    from bench.paths import repo_root
+
+    return repo_root() / "results" / "reference"
+
+
+# ------------------------------------------------------------------------------------------ tidy frame
+
+
+def tidy(results: list[dict]):
+    """One row per (run, eval) of complete results in the runner's format. Duplicate runs of the same
+    (backbone, protocol, label, dataset, shots, seed) -- e.g. a re-run with another precision -- keep the
+    latest; ``frame.attrs["duplicates"]`` counts what was dropped."""
+    import numpy as np
+    import pandas as pd
+
+    rows = []
+    for r in results:
+        c = r["config"]
+        tr = c["train"]
+        bb = c.get("backbone") or {}
+        for name, m in (r.get("metrics") or {}).items():
+            ds, _, cls = name.partition(":")
+            per_class = m.get("per_class") or {}
+            top1 = m.get("top1")
+            rows.append({
+                "protocol": c["protocol"],
+                "label": c.get("label") or c["method"],
+                "method": c["method"],
+                "backbone": str(bb.get("arch")),
+                "weights": str(bb.get("weights", bb.get("pretrained"))),
+                "train_dataset": tr["dataset"],
+                "train_classes": tr.get("classes", "all"),
+                "shots": int(tr.get("shots") or 0),
+                "seed": float(tr["seed"]) if tr.get("seed") is not None else np.nan,
+                "eval": name,
+                "eval_dataset": m.get("dataset", ds),
+                "classes": m.get("classes", cls or "all"),
+                "top1": float(top1) if top1 is not None else np.nan,
+                "macro_f1": float(m["macro_f1"]) if m.get("macro_f1") is not None else np.nan,
+                "per_class_mean": float(np.mean(list(per_class.values()))) if per_class else np.nan,
+                "n_test": m.get("n_test"),
+                "unsupported": m.get("unsupported"),
+                "hash": r.get("hash"),
+                "finished_at": r.get("finished_at") or "",
+            })
+    df = pd.DataFrame(rows, columns=FRAME_COLUMNS)
+    n = len(df)
+    ident = ["backbone", "weights", "protocol", "label", "train_dataset", "shots", "seed", "eval"]
+    df = df.sort_values("finished_at").drop_duplicates(ident, keep="last").reset_index(drop=True)
+    df.attrs["duplicates"] = n - len(df)
+    return df
+
+
+def load_frame(results: str | Path | None = None):
+    """The tidy frame of every complete result in a store folder (default: the configured store)."""
+    from bench.store import Store
+
+    store = Store(results) if results else Store()
+    if not store.root.is_dir():
+        raise BenchError(f"results store not found: {store.root} (run `bench run ...` first, or pass --results DIR)")
+    return tidy(store.all_results())
+
+
+# ------------------------------------------------------------------------------------------ aggregation
+
+
+def aggregate(df, seeds: list[int], metric: str = "top1"):
+    """Mean and population std (ddof=0) over ``seeds`` of each (backbone, protocol, label, train dataset,
+    shots, eval) cell. Seedless runs (zero-shot) expect one run. Columns: mean, std, n, expected, complete,
+    seeds (found), unsupported. Results of seeds outside ``seeds`` are left out (``attrs["ignored_seeds"]``)."""
+    import numpy as np
+    import pandas as pd
+
+    if metric not in METRICS:
+        raise BenchError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
+    wanted = {float(s) for s in seeds}
+    seeded = df["seed"].notna()
+    ignored = sorted({int(s) for s in df.loc[seeded & ~df["seed"].isin(wanted), "seed"]})
+    df = df[~seeded | df["seed"].isin(wanted)]
+    out = []
+    for key, g in df.groupby(KEY, sort=False, dropna=False):
+        seedless = g["seed"].isna().all()
+        vals = g[metric].to_numpy(dtype=float)
+        ok = ~np.isnan(vals)
+        unsupported = bool(g["unsupported"].notna().any() and not ok.any())
+        expected = 1 if seedless else len(wanted)
+        n = int(ok.sum())
+        rec = dict(zip(KEY, key))
+        rec.update({
+            "mean": float(np.mean(vals[ok])) if n else np.nan,
+            "std": float(np.std(vals[ok], ddof=0)) if n else np.nan,
+            "n": n,
+            "expected": expected,
+            "complete": n == expected and not unsupported,
+            "seeds": tuple(sorted(int(s) for s in g.loc[ok, "seed"].dropna())),
+            "unsupported": unsupported,
+        })
+        out.append(rec)
+    agg = pd.DataFrame(out, columns=KEY + ["mean", "std", "n", "expected", "complete", "seeds", "unsupported"])
+    agg.attrs["ignored_seeds"] = ignored
+    return agg
+
+
+def harmonic(b: float, n: float) -> float:
+    """H = 2BN/(B+N) (0 when both are 0)."""
+    return 2.0 * b * n / (b + n) if (b + n) else 0.0
+
+
+# ------------------------------------------------------------------------------------------ table model
+
+
+@dataclass
+class Cell:
+    kind: str = "missing"        # value | missing | partial | unsupported | incomplete | paper | diff | empty
+    mean: float | None = None
+    std: float | None = None
+    n: int = 0
+    expected: int = 0
+    status: str = ""             # paper cells: VERBATIM | RECALLED | DERIVED
+    best: bool = False
+    detail: str = ""             # incomplete averages: "9/11 datasets"
+
+    def text(self, digits: int = 2, latex: bool = False) -> str:
+        pm = " $\\pm$ " if latex else " ± "
+        dash = "--" if latex else "—"
+        if self.kind == "value":
+            s = f"{self.mean:.{digits}f}"
+            if self.std is not None and self.expected > 1:
+                s += f"{pm}{self.std:.{digits}f}"
+            return s
+        if self.kind == "paper":
+            mark = STATUS_MARKS.get(self.status, "")
+            if latex and mark:
+                mark = {"†": "$^\\dagger$", "‡": "$^\\ddagger$"}[mark]
+            return f"{self.mean:.{digits}f}{mark}"
+        if self.kind == "diff":
+            return f"{self.mean:+.{digits}f}"
+        if self.kind == "partial":
+            return f"{self.n}/{self.expected} seeds"
+        if self.kind == "unsupported":
+            return "n/a"
+        if self.kind == "incomplete":
+            return f"incomplete ({self.detail})" if self.detail else "incomplete"
+        if self.kind == "empty":
+            return ""
+        return dash
+
+
+@dataclass
+class Row:
+    index: list[str]
+    cells: list[Cell]
+    kind: str = "result"         # result | paper | diff
+    group: object = "all"        # best-per-column comparison group; None = joins every group (zero-shot)
+
+
+@dataclass
+class Table:
+    title: str
+    protocol: str
+    index_names: list[str]
+    columns: list[str]           # display names
+    column_keys: list[str]       # csv names
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def mark_best(self) -> None:
+        """Bold the best complete value per column within each comparison group (>= 2 candidates)."""
+        results = [r for r in self.rows if r.kind == "result"]
+        groups = {r.group for r in results if r.group is not None}
+        if not groups:
+            groups = {None}
+        for j in range(len(self.columns)):
+            for g in groups:
+                cand = [r.cells[j] for r in results if (r.group == g or r.group is None) and r.cells[j].kind == "value"]
+                if len(cand) < 2:
+                    continue
+                best = max(round(c.mean, 2) for c in cand)
+                for c in cand:
+                    if round(c.mean, 2) == best:
+                        c.best = True
+
+
+def _cell(rec) -> Cell:
+    """A table cell from one aggregated record (or None)."""
+    if rec is None:
+        return Cell("missing")
+    if rec["unsupported"]:
+        return Cell("unsupported")
+    if not rec["complete"]:
+        return Cell("partial" if rec["n"] else "missing", n=int(rec["n"]), expected=int(rec["expected"]))
+    return Cell("value", mean=float(rec["mean"]), std=float(rec["std"]), n=int(rec["n"]),
+                expected=int(rec["expected"]))
+
+
+def _average(cells: list[Cell]) -> Cell:
+    """Arithmetic mean of complete cells; flagged (never computed) unless every cell is complete."""
+    done = [c for c in cells if c.kind == "value"]
+    if not cells:
+        return Cell("empty")
+    if len(done) < len(cells):
+        return Cell("incomplete", detail=f"{len(done)}/{len(cells)} datasets")
+    return Cell("value", mean=sum(c.mean for c in done) / len(done), expected=1)
+
+
+# ------------------------------------------------------------------------------------------ building tables
+
+
+def display_name(key: str) -> str:
+    try:
+        from bench.data import get_spec
+
+        return get_spec(key).display_name or key
+    except Exception:  # noqa: BLE001 - unknown keys (hand-made results) are shown as they are
+        return key
+
+
+def _order_labels(labels: list[str], methods: list[str] | None) -> list[str]:
+    def base(label):
+        return label.split("[", 1)[0]
+
+    if methods:
+        out = []
+        for m in methods:
+            hits = [lb for lb in labels if lb == m] or sorted(lb for lb in labels if base(lb) == m)
+            out += [h for h in (hits or [m]) if h not in out]
+        return out
+
+    def key(label):
+        b = base(label)
+        return (METHOD_ORDER.index(b) if b in METHOD_ORDER else len(METHOD_ORDER), b, label != b, label)
+
+    return sorted(set(labels), key=key)
+
+
+def _select_labels(agg, methods):
+    if not methods:
+        return agg
+    labels = set(agg["label"])
+    wanted = set()
+    for m in methods:
+        hit = {lb for lb in labels if lb == m or lb.split("[", 1)[0] == m}
+        wanted |= hit
+    return agg[agg["label"].isin(wanted)]
+
+
+def _seedless(label: str, recs) -> bool:
+    if len(recs):
+        return bool((recs["expected"] == 1).all() and (recs["shots"] == 0).all())
+    try:
+        from bench.registry import get_method
+
+        return not get_method(label.split("[", 1)[0]).needs_training
+    except Exception:  # noqa: BLE001 - a method that is not registered: assume it trains
+        return False
+
+
+@dataclass
+class Query:
+    protocol: str = "fewshot"
+    methods: list[str] | None = None
+    datasets: list[str] | None = None
+    shots: list[int] | None = None
+    seeds: list[int] | None = None
+    group: str = "coop11"
+    backbone: str | None = None
+    metric: str = "top1"
+    compare: str | None = None
+
+
+def expected_datasets(protocol: str, group: str, datasets: list[str] | None) -> list[str]:
+    from bench.protocols import default_datasets
+
+    ds = list(datasets) if datasets else default_datasets(protocol, group)
+    if not ds:
+        raise BenchError(f"no datasets for protocol {protocol} in group {group!r}; pass --datasets")
+    return ds
+
+
+def _rows_for(agg, label: str, shots_filter: list[int] | None, protocol_shots: tuple[int, ...]):
+    """(shots, records) per table row of one label."""
+    recs = agg[agg["label"] == label]
+    if _seedless(label, recs):
+        return [(0, recs)]
+    present = sorted({int(s) for s in recs["shots"] if s > 0})
+    shots = list(shots_filter) if shots_filter else (present or list(protocol_shots))
+    return [(k, recs[recs["shots"] == k]) for k in shots]
+
+
+def _lookup(recs, train_dataset: str, eval_name: str):
+    hit = recs[(recs["train_dataset"] == train_dataset) & (recs["eval"] == eval_name)]
+    return None if hit.empty else hit.iloc[0]
+
+
+def build_tables(df, q: Query) -> list[Table]:
+    """All tables of one protocol: one per backbone (and per source for domain shift / cross-dataset)."""
+    from bench.protocols import get_protocol
+
+    proto = get_protocol(q.protocol)
+    seeds = list(q.seeds) if q.seeds else list(proto.seeds)
+    sub = df[df["protocol"] == q.protocol]
+    if q.backbone:
+        sub = sub[sub["backbone"].str.startswith(q.backbone)]
+    if sub.empty:
+        raise BenchError(f"no complete results for protocol {q.protocol}"
+                         + (f" and backbone {q.backbone}" if q.backbone else "")
+                         + " in the store (protocols present: "
+                         + (", ".join(sorted(set(df["protocol"]))) or "none") + ")")
+    agg = aggregate(sub, seeds, q.metric)
+    agg = _select_labels(agg, q.methods)
+    refs = load_reference() if q.compare == "paper" else None
+    tables = []
+    for (arch, weights), a in agg.groupby(["backbone", "weights"], sort=True):
+        labels = _order_labels(list(a["label"].unique()), q.methods)
+        bb = f"{arch} ({weights})"
+        if q.protocol in ("fewshot", "base2new"):
+            dsets = expected_datasets(q.protocol, q.group, q.datasets)
+            t = (_fewshot_table if q.protocol == "fewshot" else _base2new_table)(a, labels, dsets, q, proto)
+            t.title = f"{q.protocol} — {bb}"
+            parts = [t]
+        else:
+            sources = expected_datasets(q.protocol, q.group, q.datasets)
+            parts = []
+            for src in sources:
+                t = _transfer_table(a, labels, src, q, proto)
+                t.title = f"{q.protocol} — {bb} — source {display_name(src)}"
+                parts.append(t)
+        for t in parts:
+            if refs is not None:
+                add_paper_rows(t, refs, q.protocol, arch, weights)
+            t.mark_best()
+            t.notes.insert(0, f"{q.metric} (%): mean ± population std (ddof=0) over seeds "
+                              f"{','.join(map(str, seeds))}; zero-shot runs have no seed. "
+                              "'k/n seeds' = incomplete cell (not averaged); '—' = no result.")
+            if agg.attrs.get("ignored_seeds"):
+                t.notes.append("results of seeds " + ",".join(map(str, agg.attrs["ignored_seeds"]))
+                               + " are not in --seeds and were left out")
+            if df.attrs.get("duplicates"):
+                t.notes.append(f"{df.attrs['duplicates']} duplicate run(s) (same label, dataset, shots, seed; "
+                               "different config hash) were dropped, keeping the latest")
+        tables += parts
+    return tables
+
+
+def _fewshot_table(a, labels, dsets, q, proto) -> Table:
+    cols = [display_name(d) for d in dsets] + ["Average"]
+    t = Table("", q.protocol, ["Method", "Shots"], cols, list(dsets) + ["average"])
+    for label in labels:
+        for k, recs in _rows_for(a, label, q.shots, proto.shots):
+            cells = [_cell(_lookup(recs, d, d)) for d in dsets]
+            cells.append(_average(cells))
+            t.rows.append(Row([label, str(k)], cells, group=None if k == 0 else k))
+    return t
+
+
+def _base2new_table(a, labels, dsets, q, proto) -> Table:
+    t = Table("", q.protocol, ["Dataset", "Method"], ["Base", "New", "H"], ["base", "new", "H"])
+    multi_shots = len({int(s) for s in a["shots"] if s > 0}) > 1 or bool(q.shots and len(q.shots) > 1)
+    blocks: dict[str, list[Row]] = {"average": []}
+    for d in dsets:
+        blocks[d] = []
+    for label in labels:
+        for k, recs in _rows_for(a, label, q.shots, proto.shots):
+            name = f"{label} ({k} shots)" if multi_shots and k else label
+            per_ds = []
+            for d in dsets:
+                b, n = _cell(_lookup(recs, d, f"{d}:base")), _cell(_lookup(recs, d, f"{d}:new"))
+                h = (Cell("value", mean=harmonic(b.mean, n.mean), expected=1)
+                     if b.kind == n.kind == "value" else Cell("missing"))
+                per_ds.append((b, n))
+                blocks[d].append(Row([display_name(d), name], [b, n, h], group=d))
+            bb = _average([b for b, _ in per_ds])
+            nn = _average([n for _, n in per_ds])
+            hh = (Cell("value", mean=harmonic(bb.mean, nn.mean), expected=1)
+                  if bb.kind == nn.kind == "value" else Cell("incomplete", detail=bb.detail or nn.detail))
+            blocks["average"].append(Row([f"Average over {len(dsets)} datasets", name], [bb, nn, hh],
+                                         group="average"))
+    for rows in blocks.values():
+        t.rows += rows
+    t.notes.append("H = 2BN/(B+N) of the seed means; the average row's H is H of the averaged B and N "
+                   "(PROTOCOL.md §5)")
+    return t
+
+
+def _transfer_table(a, labels, src, q, proto) -> Table:
+    from bench.protocols import evals_for
+
+    evals = [e["dataset"] for e in evals_for(q.protocol, src, q.group)]
+    targets = [e for e in evals if e != src]
+    avg_name = "Target avg" if q.protocol == "domain_shift" else "Average"
+    cols = [display_name(e) for e in evals] + [avg_name]
+    t = Table("", q.protocol, ["Method", "Shots"], cols, evals + ["target_average"])
+    a = a[a["train_dataset"] == src]
+    rows = []
+    for label in labels:
+        for k, recs in _rows_for(a, label, q.shots, proto.shots):
+            cells = [_cell(_lookup(recs, src, e)) for e in evals]
+            cells.append(_average(cells[1:]))
+            rows.append(Row([label, str(k)], cells, group=None if k == 0 else k))
+    if len({r.index[1] for r in rows if r.index[1] != "0"}) <= 1:
+        t.index_names = ["Method"]
+        for r in rows:
+            r.index = r.index[:1]
+            r.group = "all"
+    t.rows = rows
+    what = "the 4 targets" if q.protocol == "domain_shift" else f"the {len(targets)} targets (source excluded)"
+    t.notes.append(f"{avg_name}: arithmetic mean over {what}")
+    return t
+
+
+# ------------------------------------------------------------------------------------------ published numbers
+
+
+def load_reference(folder: str | Path | None = None):
+    """All published numbers of ``results/reference/*.csv`` (and ``*.yaml`` lists of the same records)."""
+    import pandas as pd
+    import yaml
+
+    folder = Path(folder) if folder else reference_dir()
+    frames = []
+    for p in sorted(folder.glob("*.csv")):
+        frames.append(pd.read_csv(p, dtype={"variant": str, "seed": str}, keep_default_na=False))
+    for p in sorted(list(folder.glob("*.yaml")) + list(folder.glob("*.yml"))):
+        data = yaml.safe_load(p.read_text()) or []
+        frames.append(pd.DataFrame(data.get("numbers", []) if isinstance(data, dict) else data))
+    if not frames:
+        raise BenchError(f"no published numbers found in {folder} (expected *.csv files)")
+    ref = pd.concat(frames, ignore_index=True).fillna("")
+    ref["value"] = ref["value"].astype(float)
+    ref["shots"] = ref["shots"].astype(int)
+    for c in ("variant", "seed"):
+        ref[c] = ref[c].astype(str)
+    return ref
+
+
+def paper_backbone(arch: str) -> str:
+    """open_clip name -> the papers' name: ViT-B-16(-quickgelu) -> ViT-B/16, RN50-quickgelu -> RN50."""
+    a = arch.removesuffix("-quickgelu")
+    if a.startswith("ViT-"):
+        parts = a.split("-")
+        if len(parts) == 3:
+            return f"ViT-{parts[1]}/{parts[2]}"
+    return a
+
+
+_DEFAULT_PAPER_BACKBONE = {"fewshot": "RN50", "base2new": "ViT-B/16", "domain_shift": "ViT-B/16",
+                           "cross_dataset": "ViT-B/16"}
+
+
+def add_paper_rows(t: Table, ref, protocol: str, arch: str, weights: str) -> None:
+    """After each result row of a method with published numbers: a '(paper)' row and a 'Δ' row (ours - paper).
+
+    Only rows without overrides (label == method) are compared, with the reference rows whose variant is
+    empty (the suite's default configuration). Differences are given only when the backbone matches."""
+    r = ref[(ref["protocol"] == protocol) & (ref["variant"] == "") & (ref["seed"] == "")]
+    bb = paper_backbone(arch)
+    matched = weights == "openai" and bb in set(r["backbone"])
+    shown_bb = bb if matched else _DEFAULT_PAPER_BACKBONE[protocol]
+    r = r[r["backbone"] == shown_bb]
+    statuses = set()
+    new_rows = []
+    for row in t.rows:
+        new_rows.append(row)
+        if row.kind != "result":
+            continue
+        label = row.index[-1] if protocol == "base2new" else row.index[0]
+        if "[" in label or label not in set(r["method"]):
+            continue
+        rm = r[r["method"] == label]
+        paper_cells, diff_cells = [], []
+        for j, key in enumerate(t.column_keys):
+            if protocol == "base2new":
+                ds = "average" if row.group == "average" else row.group
+                hit = rm[(rm["eval"] == ds) & (rm["metric"] == key)]
+            else:
+                shots = int(row.index[1]) if len(row.index) > 1 else None
+                hit = rm[rm["eval"] == key]
+                if protocol == "fewshot":
+                    hit = hit[hit["shots"] == shots]
+            if hit.empty:
+                paper_cells.append(Cell("empty"))
+                diff_cells.append(Cell("empty"))
+                continue
+            rec = hit.iloc[0]
+            statuses.add(rec["status"])
+            paper_cells.append(Cell("paper", mean=float(rec["value"]), status=rec["status"]))
+            ours = row.cells[j]
+            diff_cells.append(Cell("diff", mean=ours.mean - float(rec["value"]))
+                              if (matched and ours.kind == "value") else Cell("empty"))
+        if all(c.kind == "empty" for c in paper_cells):
+            continue
+        idx = list(row.index)
+        pos = len(idx) - 1 if protocol == "base2new" else 0
+        idx_p, idx_d = list(idx), list(idx)
+        idx_p[pos] = f"{label} (paper, {shown_bb})"
+        idx_d[pos] = f"Δ {label} − paper"
+        new_rows.append(Row(idx_p, paper_cells, kind="paper", group=row.group))
+        if matched and any(c.kind == "diff" for c in diff_cells):
+            new_rows.append(Row(idx_d, diff_cells, kind="diff", group=row.group))
+    t.rows = new_rows
+    if not any(r.kind == "paper" for r in new_rows):
+        t.notes.append(f"--compare paper: no published {shown_bb} numbers for these rows (only methods run with "
+                       "their default hyperparameters, i.e. labels without [overrides], are compared)")
+        return
+    if not matched:
+        t.notes.append(f"published numbers are for {shown_bb} (openai weights); this table's backbone is "
+                       f"{arch} ({weights}), so no differences are computed")
+    else:
+        t.notes.append("Δ = this suite's mean − the published number (in points)")
+    for s in sorted(statuses):
+        if s in STATUS_NOTES:
+            t.notes.append(STATUS_NOTES[s])
+    t.notes.append(f"published numbers: {reference_dir()} (see its README.md for sources)")
+
+
+# ------------------------------------------------------------------------------------------ rendering
+
+
+def _md_escape(s: str) -> str:
+    return s.replace("|", "\\|")
+
+
+def render_md(t: Table) -> str:
+    head = t.index_names + t.columns
+    lines = [f"### {t.title}", "", "| " + " | ".join(head) + " |",
+             "|" + "|".join([":---"] * len(t.index_names) + ["---:"] * len(t.columns)) + "|"]
+    for r in t.rows:
+        cells = []
+        for c in r.cells:
+            s = _md_escape(c.text())
+            cells.append(f"**{s}**" if c.best else (f"*{s}*" if r.kind == "paper" and s else s))
+        lines.append("| " + " | ".join([_md_escape(i) for i in r.index] + cells) + " |")
+    lines.append("")
+    lines += [f"- {n}" for n in t.notes]
+    return "\n".join(lines) + "\n"
+
+
+def render_csv(t: Table) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow([n.lower() for n in t.index_names] + t.column_keys)
+    for r in t.rows:
+        w.writerow(list(r.index) + [c.text() + ("*" if c.best else "") for c in r.cells])
+    return buf.getvalue()
+
+
+def _tex(s: str) -> str:
+    for a, b in (("\\", "\\textbackslash{}"), ("&", "\\&"), ("%", "\\%"), ("_", "\\_"), ("#", "\\#"),
+                 ("Δ", "$\\Delta$"), ("−", "$-$"), ("—", "--")):
+        s = s.replace(a, b)
+    return s
+
+
+def render_latex(t: Table) -> str:
+    spec = "l" * len(t.index_names) + "r" * len(t.columns)
+    lines = [f"% {t.title}", "\\begin{tabular}{" + spec + "}", "\\toprule",
+             " & ".join(_tex(h) for h in t.index_names + t.columns) + " \\\\", "\\midrule"]
+    start = object()
+    prev_group = start
+    for r in t.rows:
+        if t.protocol == "base2new" and r.kind == "result" and prev_group is not start and r.group != prev_group:
+            lines.append("\\midrule")
+        if r.kind == "result":
+            prev_group = r.group
+        cells = []
+        for c in r.cells:
+            s = c.text(latex=True)
+            cells.append(f"\\textbf{{{s}}}" if c.best else s)
+        lines.append(" & ".join([_tex(i) for i in r.index] + cells) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}"]
+    lines += [f"% {n}" for n in t.notes]
+    return "\n".join(lines) + "\n"
+
+
+def render(tables: list[Table], fmt: str = "md") -> str:
+    if fmt not in FORMATS:
+        raise BenchError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
+    fn = {"md": render_md, "csv": render_csv, "latex": render_latex}[fmt]
+    return "\n".join(fn(t) for t in tables)
+
+
+# ------------------------------------------------------------------------------------------ paired test
+
+
+def _resolve_label(df, name: str) -> str:
+    labels = set(df["label"])
+    if name in labels:
+        return name
+    hits = sorted(lb for lb in labels if lb.split("[", 1)[0] == name)
+    if len(hits) == 1:
+        return hits[0]
+    if hits:
+        raise BenchError(f"{name!r} matches several labels ({', '.join(hits)}); name one exactly")
+    raise BenchError(f"no results for method {name!r} in this selection; labels present: "
+                     f"{', '.join(sorted(labels)) or 'none'}")
+
+
+def paired_test(df, a: str, b: str, *, protocol: str = "fewshot", stat: str = "wilcoxon",
+                seeds: list[int] | None = None, datasets: list[str] | None = None,
+                shots: list[int] | None = None, metric: str = "top1", alpha: float = 0.05) -> dict:
+    """Paired test of methods ``a`` and ``b`` over matched (train dataset, eval, shots, seed) cells.
+
+    A seedless method (zero-shot) has one value per eval set; it is paired with every (shots, seed) cell of
+    the other method. Returns test, n, statistic, pvalue, mean_diff (a - b), verdict and the pairs frame."""
+    import numpy as np
+    from scipy import stats
+
+    from bench.protocols import get_protocol
+
+    if stat not in ("wilcoxon", "ttest"):
+        raise BenchError(f"unknown --stat {stat!r}; known: wilcoxon, ttest")
+    seeds = list(seeds) if seeds else list(get_protocol(protocol).seeds)
+    d = df[(df["protocol"] == protocol) & df[metric].notna()]
+    d = d[d["seed"].isna() | d["seed"].isin([float(s) for s in seeds])]
+    if datasets:
+        d = d[d["train_dataset"].isin(datasets) | d["eval_dataset"].isin(datasets)]
+    la, lb = _resolve_label(d, a), _resolve_label(d, b)
+    if la == lb:
+        raise BenchError("--test needs two different methods")
+    A, B = d[d["label"] == la], d[d["label"] == lb]
+    if shots:
+        A = A[(A["shots"] == 0) | A["shots"].isin(shots)]
+        B = B[(B["shots"] == 0) | B["shots"].isin(shots)]
+    base = ["backbone", "weights", "train_dataset", "eval"]
+    sa, sb = A["seed"].isna().all(), B["seed"].isna().all()
+    cols = base + ["shots", "seed"]
+    if sa and not sb:
+        m = B[cols + [metric]].merge(A[base + [metric]], on=base, suffixes=("_b", "_a"))
+    elif sb and not sa:
+        m = A[cols + [metric]].merge(B[base + [metric]], on=base, suffixes=("_a", "_b"))
+    else:
+        on = base if (sa and sb) else cols
+        m = A[on + [metric]].merge(B[on + [metric]], on=on, suffixes=("_a", "_b"))
+    n = len(m)
+    if n < 2:
+        raise BenchError(f"only {n} matched (dataset, shots, seed) cell(s) of {la} and {lb} in protocol "
+                         f"{protocol}; a paired test needs at least 2")
+    xa, xb = m[f"{metric}_a"].to_numpy(float), m[f"{metric}_b"].to_numpy(float)
+    diff = xa - xb
+    mean_diff = float(diff.mean())
+    if np.allclose(diff, 0):
+        name = "Wilcoxon signed-rank" if stat == "wilcoxon" else "paired t-test"
+        statistic, p = float("nan"), 1.0
+    elif stat == "wilcoxon":
+        name = "Wilcoxon signed-rank (two-sided)"
+        res = stats.wilcoxon(xa, xb)
+        statistic, p = float(res.statistic), float(res.pvalue)
+    else:
+        name = "paired t-test (two-sided)"
+        res = stats.ttest_rel(xa, xb)
+        statistic, p = float(res.statistic), float(res.pvalue)
+    if np.allclose(diff, 0):
+        verdict = f"{la} and {lb} are identical on all {n} pairs"
+    elif p < alpha:
+        verdict = (f"{la} is significantly {'better' if mean_diff > 0 else 'worse'} than {lb} "
+                   f"(p = {p:.3g} < {alpha:g})")
+    else:
+        verdict = f"no significant difference between {la} and {lb} at alpha = {alpha:g} (p = {p:.3g})"
+    return {"test": name, "a": la, "b": lb, "n": n, "statistic": statistic, "pvalue": p,
+            "mean_diff": mean_diff, "verdict": verdict, "pairs": m, "metric": metric, "protocol": protocol,
+            "broadcast": bool(sa != sb)}
+
+
+def format_test(r: dict) -> str:
+    lines = [f"paired test: {r['a']} vs {r['b']} ({r['protocol']}, {r['metric']}, matched (dataset, shots, seed) cells)"]
+    if r["broadcast"]:
+        lines.append("note: the zero-shot side has one run per eval set; it is paired with each (shots, seed) cell")
+    lines += [
+        f"test: {r['test']}",
+        f"n pairs: {r['n']}",
+        f"statistic: {r['statistic']:.4g}",
+        f"p-value: {r['pvalue']:.4g}",
+        f"mean difference ({r['a']} - {r['b']}): {r['mean_diff']:+.2f} points",
+        f"verdict: {r['verdict']}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+
+def _csv_list(text):
+    if not text:
+        return None
+    items = []
+    for t in text if isinstance(text, list) else [text]:
+        items += [x.strip() for x in t.split(",") if x.strip()]
+    return items or None
+
+
+def query_from_args(args) -> Query:
+    from bench.protocols import get_protocol, parse_int_list
+
+    get_protocol(args.protocol)
+    group = "mini" if getattr(args, "preset", None) == "mini" else (args.group or "coop11")
+    return Query(
+        protocol=args.protocol,
+        methods=_csv_list(args.methods),
+        datasets=_csv_list(args.datasets),
+        shots=parse_int_list(args.shots, "shots") if getattr(args, "shots", None) else None,
+        seeds=parse_int_list(args.seeds, "seeds") if args.seeds else None,
+        group=group,
+        backbone=getattr(args, "backbone", None),
+        metric=getattr(args, "metric", "top1"),
+        compare=getattr(args, "compare", None),
+    )
+
+
+def add_selection_args(p) -> None:
+    """Options shared by ``bench table`` and ``bench plot``."""
+    p.add_argument("--protocol", default="fewshot", help="fewshot | base2new | domain_shift | cross_dataset")
+    p.add_argument("--methods", "--method", dest="methods",
+                   help="comma-separated method names or labels, in row order (default: all in the store)")
+    p.add_argument("--datasets", help="comma-separated dataset keys (default: the protocol's datasets of the group; "
+                                      "for domain_shift / cross_dataset: the source)")
+    p.add_argument("--seeds", help="comma-separated seeds every cell must have, as in `bench run` (default: the "
+                                   "protocol's, 1,2,3); results of other seeds are left out, with a note")
+    p.add_argument("--group", choices=["coop11", "mini"], default=None, help="dataset group (default coop11)")
+    p.add_argument("--preset", choices=["mini"], help="'mini': the miniature world's datasets (= --group mini)")
+    p.add_argument("--backbone", help="only results of this backbone (open_clip architecture name prefix)")
+    p.add_argument("--metric", default="top1", choices=list(METRICS), help="value to aggregate (default top1)")
+    p.add_argument("--results", help="results store folder (default $BENCH_RESULTS or results/runs)")
+
+
+def cmd_table(args) -> int:
+    q = query_from_args(args)
+    df = load_frame(args.results)
+    if args.test:
+        names = _csv_list(args.test) or []
+        if len(names) != 2:
+            raise BenchError(f"--test needs exactly two methods (got {len(names)}): --test coop linear_probe")
+        r = paired_test(df, names[0], names[1], protocol=q.protocol, stat=args.stat, seeds=q.seeds,
+                        datasets=q.datasets if q.protocol in ("fewshot", "base2new") else None, shots=q.shots,
+                        metric=q.metric, alpha=args.alpha)
+        sys.stdout.write(format_test(r))
+        return 0
+    text = render(build_tables(df, q), args.format)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        print(out)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def add_command(sub) -> None:
+    p = sub.add_parser("table", help="tables (mean ± std over seeds) and paired tests from the results store",
+                       description="Aggregate stored results into the papers' tables. Incomplete cells are "
+                                   "shown as such ('1/3 seeds', '—'), never averaged over fewer seeds or datasets.")
+    add_selection_args(p)
+    p.add_argument("--shots", help="few-shot rows to show, e.g. 16 or 1,2,4 (default: all present)")
+    p.add_argument("--format", default="md", choices=list(FORMATS))
+    p.add_argument("--compare", choices=["paper"], help="add the published numbers (results/reference) and Δ")
+    p.add_argument("--test", nargs="+", metavar="METHOD",
+                   help="paired test of two methods over matched (dataset, shots, seed) cells: --test A B")
+    p.add_argument("--stat", default="wilcoxon", choices=["wilcoxon", "ttest"], help="test for --test")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level of the --test verdict")
+    p.add_argument("--out", help="write the table to this file instead of stdout")
+    p.set_defaults(func=cmd_table)
