@@ -95,7 +95,9 @@ def create_backbone(arch: str, pretrained: str | None, device: str = "cpu", prec
     name, force_quick_gelu = resolve_arch(arch, tag, quick_gelu)
     if quick_gelu:
         log.info(f"{checkpoint} holds OpenAI CLIP weights: building {name} with QuickGELU")
-    model = _create_model(name, tag, device, precision, force_quick_gelu)
+    with torch.random.fork_rng(devices=[]):  # random init (tests) is the same model in every process
+        torch.manual_seed(0)
+        model = _create_model(name, tag, device, precision, force_quick_gelu)
     if state_dict is not None:
         load_weights(model, state_dict, checkpoint, name)
 

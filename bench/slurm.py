@@ -326,18 +326,21 @@ def _is_submitit_stop(exc: BaseException) -> bool:
     return _STOPPING or type(exc).__name__ == "UncompletedJobError"
 
 
-def _ignore_sigterm() -> None:  # pragma: no cover - runs in the child between fork and exec
-    import signal
-
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
 def _requeue_immune_to_sigterm(env, countdown: int) -> None:
     """``scontrol requeue`` for submitit, protected from the SIGTERM that SLURM sends to every process of the step
     (this child included) when the job is cancelled, preempted or requeued: without it the requeue can die before
-    it reaches the controller, and the task is lost instead of requeued."""
+    it reaches the controller, and the task is lost instead of requeued. The child inherits SIGTERM ignored (set
+    around the spawn: signal dispositions set to ignore survive fork and exec)."""
+    import signal
+
     jid = env.job_id
-    subprocess.run(["scontrol", "requeue", jid], check=True, timeout=60, preexec_fn=_ignore_sigterm)
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        proc = subprocess.Popen(["scontrol", "requeue", jid])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if proc.wait(timeout=60) != 0:
+        raise subprocess.CalledProcessError(proc.returncode, ["scontrol", "requeue", jid])
     log.info(f"Requeued job {jid} ({countdown} remaining timeouts)")
 
 
@@ -366,6 +369,8 @@ class RunTask(Checkpointable):
     def __call__(self, payload: dict) -> dict:
         from bench.runner import execute
 
+        global _STOPPING
+        _STOPPING = False
         _install_requeue_fix()
         store = Store(payload["store"])
         configs = payload["configs"]
@@ -535,14 +540,13 @@ def run_states(grid: list[dict], store: Store, queue: dict[str, str] | None = No
     """
     reg = load_registry(store)["runs"]
     if queue is None:
-        if any(config_hash(c) in reg for c in grid) and shutil.which("squeue"):
+        if not any(config_hash(c) in reg for c in grid):
+            queue = {}
+        else:  # without squeue (not on the cluster) the queue is unknown: queue stays None
             try:
                 queue = queue_states()
             except BenchError as e:
                 log.info(f"queue unknown: {e}")
-                queue = None
-        else:
-            queue = {}
     out = {}
     for c in grid:
         h = config_hash(c)

@@ -3,7 +3,7 @@
 #
 #   bash slurm/cluster.sh start    # install (Debian packages) if needed, write slurm.conf, start munged,
 #                                  # slurmctld, slurmd; wait until the node is idle. Idempotent.
-#   bash slurm/cluster.sh stop     # stop the three daemons this script started (by their pid files)
+#   bash slurm/cluster.sh stop     # cancel the cluster's jobs, stop the daemons this script started (pid files)
 #   bash slurm/cluster.sh status   # daemons, sinfo, squeue
 #
 # Runs as root. No cgroups (proctrack/linuxproc, task/none), no accounting (no slurmdbd: `sacct` fails, which
@@ -116,6 +116,7 @@ AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 # schedule at once, CPUs as the consumable resource; trust this file over the probed hardware
 SchedulerType=sched/builtin
+SchedulerParameters=batch_sched_delay=0,sched_interval=1
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 SlurmdParameters=config_overrides
@@ -131,9 +132,16 @@ PreemptMode=REQUEUE
 SlurmctldParameters=preempt_send_user_signal
 NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=$PARTITION Nodes=$NODE Default=YES MaxTime=INFINITE State=UP PriorityTier=1 GraceTime=30
+# for preemption tests only: a job here preempts (requeues) jobs of $PARTITION when it needs their CPUs
+PartitionName=urgent Nodes=$NODE Default=NO MaxTime=INFINITE State=UP PriorityTier=10 PreemptMode=OFF
 EOF
   chmod 644 "$tmp"
+  if [[ -f $CONF ]] && cmp -s "$tmp" "$CONF"; then
+    rm -f "$tmp"
+    return 1  # unchanged
+  fi
   mv "$tmp" "$CONF"
+  return 0
 }
 
 wait_idle() {
@@ -153,18 +161,20 @@ wait_idle() {
 
 start() {
   [[ $(id -u) == 0 ]] || die "run as root (it installs packages and starts daemons)"
-  if command -v sinfo >/dev/null && healthy; then
+  install_packages
+  start_munge
+  if write_conf && { pid_alive "$STATE/slurmctld.pid" || pid_alive "$STATE/slurmd.pid"; }; then
+    say "configuration changed: restarting slurmctld and slurmd"
+    stop_pidfile slurmd "$STATE/slurmd.pid"
+    stop_pidfile slurmctld "$STATE/slurmctld.pid"
+  fi
+  if healthy; then
     say "already running: node $NODE $(node_state), partition $PARTITION"
     return 0
   fi
-  install_packages
-  start_munge
-  write_conf
   if ! pid_alive "$STATE/slurmctld.pid"; then
     rm -f "$STATE/slurmctld.pid"
     slurmctld
-  else
-    scontrol reconfigure >/dev/null 2>&1 || true
   fi
   for _ in $(seq 100); do timeout 2 scontrol ping >/dev/null 2>&1 && break; sleep 0.1; done
   if ! pid_alive "$STATE/slurmd.pid"; then
@@ -172,7 +182,7 @@ start() {
     slurmd
   fi
   wait_idle
-  say "running: node $NODE $(node_state), partition $PARTITION, $(nproc) CPUs; logs in $STATE/log/"
+  say "running: node $NODE $(node_state), partitions $PARTITION (default) and urgent, $(nproc) CPUs; logs in $STATE/log/"
 }
 
 stop_pidfile() {  # stop_pidfile NAME FILE
@@ -187,6 +197,13 @@ stop_pidfile() {  # stop_pidfile NAME FILE
 }
 
 stop() {
+  if pid_alive "$STATE/slurmctld.pid" && [[ -n $(timeout 5 squeue -h -o %i 2>/dev/null) ]]; then
+    # the jobs of this test cluster end with it (else their processes outlive slurmd and restart on the next start)
+    say "cancelling the cluster's jobs"
+    timeout 10 scancel --full --partition="$PARTITION" >/dev/null 2>&1 || true
+    timeout 10 scancel --full --partition=urgent >/dev/null 2>&1 || true
+    for _ in $(seq 50); do [[ -z $(timeout 5 squeue -h -o %i 2>/dev/null) ]] && break; sleep 0.2; done
+  fi
   stop_pidfile slurmd "$STATE/slurmd.pid"
   stop_pidfile slurmctld "$STATE/slurmctld.pid"
   if pid_alive "$MUNGE_PID"; then

@@ -246,6 +246,20 @@ def test_run_states_from_registry_and_queue(world, tmp_path):
     assert bs._expand_ids("12_[0-2,5%2]") == ["12_0", "12_1", "12_2", "12_5"] and bs._expand_ids("9") == ["9"]
 
 
+def test_status_without_squeue_says_unknown(world, tmp_path, monkeypatch, capsys):
+    """Away from the cluster (no squeue) submitted runs without a result are 'unknown', never 'failed'."""
+    (c,) = grid_of(world, tmp_path / "s", *ZEROSHOT)[:1]
+    store = Store(tmp_path / "s")
+    bs.registry_path(store).parent.mkdir(parents=True)
+    bs.registry_path(store).write_text(json.dumps({"runs": {config_hash(c): {"job_id": "5_0"}}}))
+    monkeypatch.setattr(bs.shutil, "which", lambda name: None)
+    assert bs.run_states([c], store)[config_hash(c)]["state"] == "unknown"
+    code, out, _ = cli(capsys, "status", *base(world, tmp_path / "s"), *ZEROSHOT)
+    assert code == 0 and "unknown" in out.splitlines()[0] and "queue not reachable" in out
+    with pytest.raises(BenchError, match="squeue. not found on PATH"):
+        bs.submit(grid_of(world, tmp_path / "s", *ZEROSHOT), store, bs.load_profile(None), out=lambda s: None)
+
+
 def test_progress_bars_are_off_without_a_terminal():
     """Jobs write stderr to a file: bench.log.progress (tqdm, disable=None) shows no bar there."""
     code = ("import sys; from bench import log\n"
@@ -317,10 +331,23 @@ def test_arrays_match_local_and_resubmit_only_missing(world, tmp_path, capsys):
     assert not list(remote.rglob("*.ckpt.pt"))
 
 
+LONG = ["--method", "coop", "--datasets", "caltech101", "--shots", "2", "--seeds", "1", "--set", "epochs=600",
+        "--set", "n_ctx=4", "--views", "2"]
+
+
+@pytest.fixture(scope="module")
+def long_run(world, tmp_path_factory):
+    """A run long enough to be interrupted, and its uninterrupted result from the local launcher."""
+    local = tmp_path_factory.mktemp("long-local")
+    assert main([*map(str, ["run", *base(world, local), *LONG])]) == 0
+    (expected,) = by_hash(local).values()
+    return LONG, expected
+
+
 @pytest.mark.slurm
 @cluster
 @pytest.mark.parametrize("how", ["signal", "preemption"])
-def test_preempted_task_resumes_from_its_checkpoint(world, tmp_path, capsys, how):
+def test_preempted_task_resumes_from_its_checkpoint(world, long_run, tmp_path, capsys, how):
     """``signal``: submitit's own simulation (``SlurmJob._interrupt``: SIGTERM, then USR2 to the task);
     ``preemption``: a real one, by a job of the higher-priority partition ``urgent`` of slurm/cluster.sh that needs
     the whole node (SLURM sends USR2 thanks to preempt_send_user_signal)."""
@@ -330,11 +357,8 @@ def test_preempted_task_resumes_from_its_checkpoint(world, tmp_path, capsys, how
         cpus = subprocess.run(["sinfo", "-h", "-p", "urgent", "-o", "%c"], capture_output=True, text=True).stdout
         if not cpus.strip():
             pytest.skip("no 'urgent' partition to preempt with (slurm/cluster.sh's test cluster has one)")
-    flags = ["--method", "coop", "--datasets", "caltech101", "--shots", "2", "--seeds", "1", "--set", "epochs=400",
-             "--set", "n_ctx=4", "--views", "2"]
-    local, remote = tmp_path / "local", tmp_path / "slurm"
-    assert cli(capsys, "run", *base(world, local), *flags)[0] == 0
-    (expected,) = by_hash(local).values()
+    flags, expected = long_run
+    remote = tmp_path / "slurm"
 
     code, out, err = cli(capsys, "run", *base(world, remote), *flags, *SLURM, "--slurm", "checkpoint_every=10",
                          "--slurm", "pack_max_cost=0")
@@ -364,8 +388,8 @@ def test_preempted_task_resumes_from_its_checkpoint(world, tmp_path, capsys, how
     wait_for(lambda: by_hash(remote), 120, "the resumed run's result", log.parent)
     text = log.read_text()
     assert "this job is preempted" in text
-    m = re.search(r"resumed from checkpoint at epoch (\d+)/400", text)
-    assert m and 0 < int(m.group(1)) < 400, text[-3000:]
+    m = re.search(r"resumed from checkpoint at epoch (\d+)/600", text)
+    assert m and 0 < int(m.group(1)) < 600, text[-3000:]
     (got,) = by_hash(remote).values()
     same_numbers(expected, got)
     assert got["environment"]["slurm_job_id"]

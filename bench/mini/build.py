@@ -86,7 +86,7 @@ for _d in [
     MiniDataset(
         key="mini_shapes", name="MiniShapes", display_name="MiniShapes",
         template="a photo of a {}.",
-        classes=_one("shape", ["circle", "square", "triangle", "diamond", "star", "cross", "heart", "hexagon"]),
+        classes=_one("shape", R.SHAPES),
         dist={"size": ["medium", "large"], "pattern": ["solid"], "style": ["filled"]},
         per_class=(24, 8, 40), seed=102,
         about="shapes of any colour (8 classes); captions always name a colour before the shape, so the bare "
@@ -102,7 +102,7 @@ for _d in [
         key="mini_textures", name="MiniTextures", display_name="MiniTextures",
         template="{} texture.",
         classes=_one("pattern", R.PATTERNS[1:]),
-        dist={"size": ["large"], "style": ["filled"], "shape": ["circle", "square", "hexagon", "heart"],
+        dist={"size": ["large"], "style": ["filled"], "shape": ["circle", "square"],
               "background": ["dark", "light", "gray"]},
         per_class=(24, 8, 40), seed=104,
         about="specialised: the fill pattern (8 classes), words the captions rarely use"),

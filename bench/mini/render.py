@@ -32,9 +32,9 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "purple": (135, 55, 195),
     "pink": (240, 115, 175),
 }
-SHAPES = ["circle", "square", "triangle", "diamond", "star", "cross", "heart", "ring", "hexagon", "crescent"]
+SHAPES = ["circle", "square", "triangle", "star", "cross", "heart", "ring", "crescent"]
 SIZES = ["small", "medium", "large"]
-SIZE_RADIUS = {"small": (5.0, 6.5), "medium": (7.0, 9.0), "large": (9.5, 12.0)}  # in pixels at 32 px
+SIZE_RADIUS = {"small": (6.0, 7.5), "medium": (8.0, 10.0), "large": (10.5, 12.5)}  # in pixels at 32 px
 PATTERNS = ["solid", "striped", "checkered", "dotted", "grid", "zigzag", "wavy", "speckled", "crosshatched"]
 # pretraining backgrounds first; "patchwork" and "gradient" are never seen in pretraining (domain shift)
 BACKGROUNDS = ["dark", "light", "gray", "noisy", "patchwork", "gradient"]
@@ -57,9 +57,9 @@ VOCAB = {
 
 # the pretraining distribution (weights per vocabulary entry; missing entries have weight 0)
 PRETRAIN_DIST: dict[str, dict[str, float]] = {
-    "pattern": {"solid": 0.6, **{p: 0.4 / 8 for p in PATTERNS[1:]}},
-    "background": {b: 1.0 for b in PRETRAIN_BACKGROUNDS},
-    "style": {"filled": 0.8, "outline": 0.2},
+    "pattern": {"solid": 0.65, **{p: 0.35 / 8 for p in PATTERNS[1:]}},
+    "background": {"dark": 0.3, "light": 0.3, "gray": 0.3, "noisy": 0.1},
+    "style": {"filled": 0.85, "outline": 0.15},
 }
 
 
@@ -104,7 +104,7 @@ def sample_attributes(rng: np.random.Generator, n: int, image_size: int = 32, **
     out["radius"] = radius.astype(np.float32)
     out["cx"] = cx.astype(np.float32)
     out["cy"] = cy.astype(np.float32)
-    out["angle"] = ((rng.random(n) - 0.5) * np.deg2rad(24)).astype(np.float32)  # +-12 degrees
+    out["angle"] = ((rng.random(n) - 0.5) * np.deg2rad(16)).astype(np.float32)  # +-8 degrees
     out["phase"] = (rng.random((n, 2)) * 8.0).astype(np.float32)
     out["jitter"] = (rng.normal(0.0, 12.0, (n, 3))).astype(np.float32)  # colour jitter in 0..255 units
     out["bg_tint"] = rng.random((n, 2, 3)).astype(np.float32)
@@ -194,7 +194,7 @@ def _backgrounds(attrs: dict, rng: np.random.Generator, size: int) -> np.ndarray
             noise = rng.normal(0.0, 7.0, (m, size, size, 1)).astype(np.float32)
             bg[idx] = base + t[:, None, None, :] + noise
         elif name == "noisy":
-            bg[idx] = 40.0 + 160.0 * rng.random((m, size, size, 3), dtype=np.float32)
+            bg[idx] = 60.0 + 120.0 * rng.random((m, size, size, 3), dtype=np.float32)
         elif name == "patchwork":  # random coloured 4x4 blocks: strong clutter of colours
             cells = 60.0 + 150.0 * rng.random((m, size // 4, size // 4, 3), dtype=np.float32)
             bg[idx] = np.repeat(np.repeat(cells, 4, axis=1), 4, axis=2)[:, :size, :size]
@@ -250,12 +250,21 @@ def render(attrs: dict[str, np.ndarray], rng: np.random.Generator, image_size: i
     bg_luma = bg.mean(axis=(1, 2, 3))
     other = np.where(bg_luma < 100, 235.0, 15.0).astype(np.float32)[:, None]
     tone2 = 0.3 * base + 0.7 * other  # the pattern's second tone contrasts with the background
-    fill = pat[..., None] * base[:, None, None, :] + (1 - pat[..., None]) * tone2[:, None, None, :]
 
-    # box-filter the sub-samples: premultiplied colour and alpha at the output resolution
-    premul = (fill * cov[..., None]).reshape(n, size, ss, size, ss, 3).mean(axis=(2, 4))
-    alpha = cov.reshape(n, size, ss, size, ss).mean(axis=(2, 4))[..., None]
-    img = premul + (1.0 - alpha) * bg
+    # box filter of the sub-samples: fill = tone2 + pat * (base - tone2), so the premultiplied colour at
+    # output resolution is tone2 * mean(cov) + (base - tone2) * mean(pat * cov)
+    def down(a):
+        out = a[:, 0::ss, 0::ss].copy()
+        for i in range(ss):
+            for j in range(ss):
+                if i or j:
+                    out += a[:, i::ss, j::ss]
+        return out / (ss * ss)
+
+    alpha = down(cov)[..., None]
+    pat_alpha = down(pat * cov)[..., None]
+    img = (tone2[:, None, None, :] * alpha + (base - tone2)[:, None, None, :] * pat_alpha
+           + (1.0 - alpha) * bg)
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
@@ -273,7 +282,7 @@ def _position_phrase(cx: float, cy: float, size: int) -> str:
 
 
 def captions(attrs: dict[str, np.ndarray], rng: np.random.Generator, image_size: int = 32,
-             p_pattern_word: float = 0.3, p_partial_color: float = 0.12, p_texture_word: float = 0.2) -> list[str]:
+             p_pattern_word: float = 0.5, p_partial_color: float = 0.1, p_texture_word: float = 0.3) -> list[str]:
     """One caption per image (see the module docstring for the design)."""
     n = len(attrs["color"])
     u = rng.random((n, 8))
