@@ -288,3 +288,19 @@ def test_list_and_data_commands(world, tmp_path, capsys):
     sample = json.loads(path.read_text())
     assert code == 0 and len(sample["train"]) == 10 and len(sample["val"]) == 10
     assert all(not Path(p).is_absolute() for p, _, _ in sample["train"])
+
+
+def test_same_seed_gives_identical_metrics_in_fresh_processes(world, tmp_path):
+    """Two independent processes (separate feature caches too) produce the same result metrics for a seed."""
+    metrics = []
+    for i in range(2):
+        env = {**os.environ, "BENCH_CACHE": str(tmp_path / f"cache{i}")}
+        runs = [["coop,kgcoop", ["--set", "epochs=3"]], ["linear_probe", []]]
+        for methods, extra in runs:
+            cmd = [sys.executable, "-m", "bench.cli", "run", "--method", methods, "--datasets", "eurosat",
+                   "--shots", "2", "--seeds", "1", *extra, "--backbone", "tiny-test", "--pretrained",
+                   str(world["ckpt"]), "--data-root", str(world["root"]), "--results", str(tmp_path / f"res{i}")]
+            done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+            assert done.returncode == 0, done.stderr
+        metrics.append({r["config"]["label"]: r["metrics"] for r in stored(tmp_path / f"res{i}")})
+    assert len(metrics[0]) == 3 and metrics[0] == metrics[1]
