@@ -34,7 +34,6 @@ import math
 import os
 import posixpath
 import random
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple, Sequence
@@ -43,6 +42,7 @@ import yaml
 
 from bench import paths
 from bench.errors import BenchError
+from bench.fileio import atomic_open
 
 LOADERS = ("split_json", "imagenet", "fgvc_aircraft", "imagenet_variant")
 GROUPS = ("coop11", "imagenet_variant", "mini", "mini_variant")
@@ -605,20 +605,8 @@ def sample_file(dataset_key: str | DatasetSpec, shots: int, seed: int) -> Path:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_open(path) as fh:
+        fh.write(text.encode("utf-8"))
 
 
 def _items_json(items: list[Item]) -> str:

@@ -12,11 +12,8 @@ replace, so concurrent array jobs extend them without corrupting them.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -24,6 +21,7 @@ from PIL import Image
 
 from bench import log
 from bench.errors import BenchError
+from bench.fileio import atomic_open, file_lock
 from bench.paths import cache_dir
 
 
@@ -65,17 +63,6 @@ def _collate(batch):
     return torch.stack([x for x, _ in batch]), ""
 
 
-@contextmanager
-def _locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(str(path) + ".lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _load_bank(path: Path) -> dict[str, torch.Tensor]:
     if not path.exists():
         return {}
@@ -90,14 +77,8 @@ def _load_bank(path: Path) -> dict[str, torch.Tensor]:
 def _save_bank(path: Path, bank: dict[str, torch.Tensor]) -> None:
     keys = list(bank)
     feats = torch.stack([bank[k] for k in keys]) if keys else torch.zeros(0)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save({"keys": keys, "feats": feats}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_open(path) as fh:
+        torch.save({"keys": keys, "feats": feats}, fh)
 
 
 class FeatureCache:
@@ -141,7 +122,7 @@ class FeatureCache:
         missing = sorted({r for r, k in zip(relpaths, keys) if k not in bank})
         if missing:
             new = self._encode(dataset_root, missing, transform, view)
-            with _locked(path):
+            with file_lock(path):
                 bank = _load_bank(path)  # another job may have added entries meanwhile
                 bank.update({self._key(dataset_root, r): f for r, f in zip(missing, new)})
                 _save_bank(path, bank)

@@ -13,7 +13,6 @@ import socket
 import subprocess
 import time
 import traceback
-from pathlib import Path
 
 import numpy as np
 import torch

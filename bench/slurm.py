@@ -17,22 +17,19 @@ can tell done / pending / running / failed / missing for ``bench status``, with 
 
 from __future__ import annotations
 
-import fcntl
 import getpass
 import math
 import os
 import re
-import shlex
 import shutil
 import subprocess
-import sys
 import time
 import traceback
-from contextlib import contextmanager
 from pathlib import Path
 
 from bench import log
 from bench.errors import BenchError
+from bench.fileio import atomic_open, file_lock
 from bench.store import Store, config_hash, write_json_atomic
 
 try:  # submitit is a dependency; the import is guarded so that `bench` works in an environment without it
@@ -302,16 +299,8 @@ class FileCheckpointer:
     def save(self, state: dict) -> None:
         import torch
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as fh:
-                torch.save(state, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_open(self.path) as fh:
+            torch.save(state, fh)
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -438,17 +427,6 @@ def slurm_dir(store: Store, prof: dict | None = None) -> Path:
 
 def registry_path(store: Store) -> Path:
     return slurm_dir(store) / "registry.json"
-
-
-@contextmanager
-def _locked_registry(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(str(path) + ".lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def load_registry(store: Store) -> dict:
@@ -579,7 +557,7 @@ def run_states(grid: list[dict], store: Store, queue: dict[str, str] | None = No
 
 def _register(store: Store, tasks: list[list[dict]], jobs: list, folder: Path, prof: dict) -> None:
     path = registry_path(store)
-    with _locked_registry(path):
+    with file_lock(path):
         reg = load_registry(store)
         now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         for task, job in zip(tasks, jobs):

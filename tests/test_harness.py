@@ -161,7 +161,7 @@ def test_atomic_write_failure_leaves_nothing(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(json, "dump", boom)
+    monkeypatch.setattr(os, "fsync", boom)  # interrupted after the bytes went to the temporary file
     with pytest.raises(KeyboardInterrupt):
         store.write({"status": "complete", "hash": config_hash(config), "config": config})
     assert list(tmp_path.rglob("*")) == [] or all(p.is_dir() for p in tmp_path.rglob("*"))
