@@ -10,8 +10,8 @@ from __future__ import annotations
 import shlex
 import time
 
-FEWSHOT_METHODS = "zeroshot,linear_probe,coop,kgcoop"
-BASE2NEW_METHODS = "zeroshot,coop,cocoop,kgcoop"
+FEWSHOT_METHODS = "zeroshot,coop,kgcoop"
+BASE2NEW_METHODS = "zeroshot,coop,kgcoop"
 
 
 def steps(shots: str, seeds: str, views: int, extra: list[str]) -> list[list[str]]:
@@ -28,8 +28,12 @@ def steps(shots: str, seeds: str, views: int, extra: list[str]) -> list[list[str
 
 
 def cmd_demo(args) -> int:
+    import torch
+
     from bench.cli import main
 
+    if not torch.cuda.is_available():
+        torch.set_num_threads(1)  # the miniature models are tiny: one thread is fastest and immune to busy cores
     extra = ["--results", args.results] if args.results else []
     t0 = time.time()
     for argv in steps(args.shots, args.seeds, args.views, extra):
@@ -44,8 +48,8 @@ def cmd_demo(args) -> int:
 
 def add_command(sub) -> None:
     p = sub.add_parser("demo", help="the built-in default: the miniature world end to end (a few minutes on a CPU)")
-    p.add_argument("--shots", default="1,2,4,8,16")
-    p.add_argument("--seeds", default="1,2,3")
+    p.add_argument("--shots", default="1,4,16")
+    p.add_argument("--seeds", default="1,2")
     p.add_argument("--views", type=int, default=16, help="cached augmented views per training image")
     p.add_argument("--results", help="results store folder (default results/runs)")
     p.set_defaults(func=cmd_demo)

@@ -1,0 +1,16 @@
+"""The miniature world: a tiny CLIP pretrained on procedural image-caption pairs, and small downstream
+datasets in CoOp's on-disk layout, so that the suite runs end to end on a laptop CPU with no downloads.
+
+- ``bench.mini.render``: vectorised, seeded renderer of shapes (colour, shape, size, fill pattern,
+  background, position, filled/outline style) and their captions.
+- ``bench.mini.pretrain``: ``ensure_checkpoint(fast=False) -> Path``: contrastive pretraining of the
+  open_clip arch ``mini`` (bench/model_configs/mini.json) with open_clip's ``ClipLoss``; run once, cached at
+  ``<cache_dir>/mini/<key>/mini_clip.pt`` (key = hash of every setting). ``fast=True``: short test schedule.
+- ``bench.mini.build``: ``ensure_data(root=None) -> Path``: the mini datasets (specs ``datasets/mini_*.yaml``)
+  written once under ``<cache_dir>/mini/data``.
+"""
+
+from .build import DATASETS, ensure_data
+from .pretrain import ensure_checkpoint
+
+__all__ = ["DATASETS", "ensure_checkpoint", "ensure_data"]

@@ -111,7 +111,7 @@ for _d in [
         key="mini_objects_outline", name="MiniObjectsOutline", display_name="MiniObjects-Outline",
         template="a photo of a {}.", classes=_OBJECT_CLASSES, dist={**_OBJECT_DIST, "style": ["outline"]},
         per_class=(0, 0, 40), seed=105, variant_of="mini_objects",
-        about="mini_objects drawn as outlines (a style pretraining saw in 20% of images)"),
+        about="mini_objects drawn as outlines (the style of 15% of the pretraining images)"),
     MiniDataset(
         key="mini_objects_patchwork", name="MiniObjectsPatchwork", display_name="MiniObjects-Patchwork",
         template="a photo of a {}.", classes=_OBJECT_CLASSES, dist={**_OBJECT_DIST, "background": ["patchwork"]},
@@ -201,10 +201,60 @@ def ensure_data(root: Path | str | None = None, fast: bool = False) -> Path:
     return root
 
 
+def spec_yaml(key: str, order: int) -> str:
+    """The text of ``datasets/<key>.yaml`` for a mini dataset (same schema as the real specs)."""
+    d = DATASETS[key]
+    n = len(d.classes)
+    sizes = {s: n * k for s, k in zip(SPLIT_NAMES, d.per_class)}
+    q = lambda t: json.dumps(t)  # noqa: E731  (a JSON string is a valid YAML scalar)
+    lines = [
+        f"# Miniature world (bench/mini): {d.about}.",
+        "# Written by `python -m bench.mini.build` under <cache>/mini/data (generated from bench/mini/build.py:",
+        "# edit DATASETS there and regenerate with `python -m bench.mini.build --write-specs`).",
+        f"key: {d.key}",
+        f"name: {d.name}",
+        f"display_name: {d.display_name}",
+        f"order: {order}",
+        f"group: {'mini_variant' if d.variant_of else 'mini'}",
+    ]
+    if d.variant_of:
+        lines.append(f"variant_of: {d.variant_of}")
+    lines += [
+        f"dir: {d.dir}",
+        "loader: split_json",
+        "image_dir: images",
+        f"split_file: {d.split_file}",
+        f"template: {q(d.template)}",
+        f"kgcoop_template: {q(d.kgcoop_template or d.template)}",
+        f"num_classes: {n}",
+        f"sizes: {{train: {sizes['train']}, val: {sizes['val']}, test: {sizes['test']}}}",
+        f"has_val: {'false' if d.variant_of else 'true'}",
+        f"domain_shift_targets: [{', '.join(d.domain_shift_targets)}]",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_specs(specs_dir: Path | None = None) -> list[Path]:
+    from bench.paths import DATASETS_DIR
+
+    specs_dir = Path(specs_dir) if specs_dir else DATASETS_DIR
+    out = []
+    for i, key in enumerate(DATASETS):
+        f = specs_dir / f"{key}.yaml"
+        f.write_text(spec_yaml(key, order=100 + i))
+        out.append(f)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.mini.build", description=__doc__.splitlines()[0])
     ap.add_argument("--root", default=None, help="data root (default: <cache>/mini/data)")
+    ap.add_argument("--write-specs", action="store_true", help="(re)write datasets/mini_*.yaml from DATASETS")
     a = ap.parse_args(argv)
+    if a.write_specs:
+        for f in write_specs():
+            print(f)
+        return
     print(ensure_data(a.root))
 
 
