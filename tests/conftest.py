@@ -18,3 +18,16 @@ TINY = {"arch": "tiny-test", "pretrained": None, "weights": "random"}
 @pytest.fixture
 def tiny_backbone_spec():
     return dict(TINY)
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory):
+    """A saved tiny-test checkpoint with fixed weights: the same model in every process (CLI, SLURM jobs)."""
+    import open_clip
+
+    import bench.backbone  # noqa: F401 - registers tiny-test
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    torch.save(open_clip.create_model("tiny-test").state_dict(), path)
+    return path

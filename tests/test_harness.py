@@ -20,21 +20,14 @@ DATASETS = ["caltech101", "eurosat"]
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, tiny_ckpt):
     """Two generated datasets in CoOp's layout and a saved tiny checkpoint (deterministic weights)."""
-    import open_clip
-
-    from bench.backbone import create_backbone  # noqa: F401 - registers tiny-test
     from bench.synth import make_dataset_tree
 
     root = tmp_path_factory.mktemp("data")
     for key in DATASETS:
         make_dataset_tree(key, root, n_classes=5, per_class=(8, 4, 12))
-    torch.manual_seed(0)
-    model = open_clip.create_model("tiny-test")
-    ckpt = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    torch.save(model.state_dict(), ckpt)
-    return {"root": root, "ckpt": ckpt}
+    return {"root": root, "ckpt": tiny_ckpt}
 
 
 def run_cli(capsys, *argv):

@@ -49,20 +49,14 @@ SLURM = ["--launcher", "slurm", "--slurm-profile", "local-test"]
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, tiny_ckpt):
     """Generated datasets (real JPEGs, CoOp layout) and a tiny-test checkpoint with fixed weights, on local disk."""
-    import open_clip
-
-    from bench.backbone import create_backbone  # noqa: F401 - registers tiny-test
     from bench.synth import make_dataset_tree
 
     root = tmp_path_factory.mktemp("slurm-data")
     for key in DATASETS:
         make_dataset_tree(key, root, n_classes=4, per_class=(4, 2, 4))
-    torch.manual_seed(0)
-    ckpt = tmp_path_factory.mktemp("slurm-ckpt") / "tiny.pt"
-    torch.save(open_clip.create_model("tiny-test").state_dict(), ckpt)
-    return {"root": root, "ckpt": ckpt}
+    return {"root": root, "ckpt": tiny_ckpt}
 
 
 def base(world, results) -> list[str]:
