@@ -10,7 +10,7 @@ from __future__ import annotations
 import shlex
 import time
 
-FEWSHOT_METHODS = "zeroshot,coop,kgcoop"
+FEWSHOT_METHODS = "zeroshot,linear_probe,coop,kgcoop"
 BASE2NEW_METHODS = "zeroshot,coop,kgcoop"
 
 

@@ -6,13 +6,16 @@ them, ``render`` turns a batch of them into uint8 RGB arrays (N, S, S, 3) with N
 only (2x supersampling for anti-aliased edges; one vectorised pass per shape / pattern / background
 kind, never a Python loop over images), and ``captions`` writes the pretraining captions.
 
-Caption design (this is what makes the world's phenomena real, see README "The miniature world"):
-- the shape word is almost always directly preceded by a colour word ("a photo of a small red circle
-  on a dark background."), so the bare prompt "a photo of a circle." is off the caption distribution:
-  the prompt-sensitivity that learned contexts fix;
+Caption design (this is what makes the world's phenomena real, see README "What you are looking at"):
+- the shape word is preceded by a colour word ("a photo of a small red circle on a dark background.") or
+  stands in a short form ("a circle shape."); the dataset prompt "a photo of a circle." is never a caption;
 - colour alone appears in partial captions ("a photo of a red object."): colour prompts are easy;
-- pattern words (striped, dotted, ...) appear in a minority of captions of patterned shapes and the word
-  "texture" is rare: a "specialised" vocabulary, weak in zero-shot, learnable from few shots.
+- pattern words (striped, dotted, ...) appear in a minority of captions of patterned shapes and in the
+  captions of "swatches" (a pattern filling the frame, 40 % of the images, at a random scale); the
+  specialists' words for the same patterns (SPECIALIST: banded, tartan, ...) in only P_SPECIALIST of them:
+  a "specialised" vocabulary (MiniTextures), weak in zero-shot, learnable from a few shots;
+- ``focus_captions`` gives every image a second, single-attribute caption ("a star shape.", "a dotted
+  pattern."), which pretraining also contrasts against: shape is learned in minutes instead of hours.
 Change anything here that alters images or captions -> bump ``VERSION`` (it is part of the cache keys).
 """
 
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-VERSION = "1"
+VERSION = "4"
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (215, 40, 40),
@@ -36,10 +39,19 @@ SHAPES = ["circle", "square", "triangle", "star", "cross", "heart", "ring", "cre
 SIZES = ["small", "medium", "large"]
 SIZE_RADIUS = {"small": (6.0, 7.5), "medium": (8.0, 10.0), "large": (10.5, 12.5)}  # in pixels at 32 px
 PATTERNS = ["solid", "striped", "checkered", "dotted", "grid", "zigzag", "diagonal", "crosshatched", "speckled"]
+# the specialists' word for each pattern (DTD-like): in a few captions only, so a dataset named with them is
+# a "specialised" one whose class names the pretraining rarely saw (one BPE token each, none a common word)
+SPECIALIST = {"striped": "banded", "checkered": "tartan", "dotted": "polka", "grid": "woven", "zigzag": "chevron",
+              "diagonal": "twill", "crosshatched": "hatched", "speckled": "studded"}
+P_SPECIALIST = 0.003  # share of the captions naming a pattern that use the specialist's word
 # pretraining backgrounds first; "patchwork" and "gradient" are never seen in pretraining (domain shift)
 BACKGROUNDS = ["dark", "light", "gray", "noisy", "patchwork", "gradient"]
 PRETRAIN_BACKGROUNDS = ["dark", "light", "gray", "noisy"]
-STYLES = ["filled", "outline"]
+STYLES = ["filled", "outline", "swatch"]  # swatch: the pattern fills the whole frame (no shape)
+# patterns are drawn at a random scale (log-uniform in this range; 1 = periods of 4-5 px at 32 px), so the
+# pretrained image tower knows a pattern at any zoom, as a real CLIP does: CoOp's training augmentation
+# (random resized crops down to 8 % of the area) magnifies 32-px images up to 3.5x
+PATTERN_SCALE = (1.0, 3.0)
 POSITIONS = ["in the center", "on the left", "on the right", "at the top", "at the bottom"]
 
 COLOR_NAMES = list(COLORS)
@@ -59,7 +71,7 @@ VOCAB = {
 PRETRAIN_DIST: dict[str, dict[str, float]] = {
     "pattern": {"solid": 0.5, **{p: 0.5 / 8 for p in PATTERNS[1:]}},
     "background": {"dark": 0.3, "light": 0.3, "gray": 0.3, "noisy": 0.1},
-    "style": {"filled": 0.85, "outline": 0.15},
+    "style": {"filled": 0.5, "outline": 0.1, "swatch": 0.4},
 }
 
 
@@ -85,7 +97,10 @@ def sample_attributes(rng: np.random.Generator, n: int, image_size: int = 32, ma
                       **dist) -> dict[str, np.ndarray]:
     """Draw n images' attributes. ``dist[attr]`` restricts/weights an attribute (list of names or
     {name: weight}); unspecified attributes use PRETRAIN_DIST (or uniform). Fixed attributes can also be
-    given as a full int array of length n (e.g. ``color=np.array([...])``)."""
+    given as a full int array of length n (e.g. ``color=np.array([...])``). ``dist["pattern_scale"]``:
+    (lo, hi) range of the pattern scale (default PATTERN_SCALE)."""
+    dist = dict(dist)
+    scale_lo, scale_hi = dist.pop("pattern_scale", PATTERN_SCALE)
     out: dict[str, np.ndarray] = {}
     for attr in ("color", "shape", "size", "pattern", "background", "style"):
         spec = dist.get(attr, PRETRAIN_DIST.get(attr))
@@ -93,8 +108,10 @@ def sample_attributes(rng: np.random.Generator, n: int, image_size: int = 32, ma
             out[attr] = spec.astype(np.int64)
             continue
         out[attr] = rng.choice(len(VOCAB[attr]), size=n, p=_weights(attr, spec)).astype(np.int64)
-    if "pattern" not in dist:  # outline drawings carry no fill pattern unless asked for
+    if "pattern" not in dist:  # outline drawings carry no fill pattern, swatches always one, unless asked for
         out["pattern"][out["style"] == STYLES.index("outline")] = PATTERNS.index("solid")
+        sw = np.nonzero(out["style"] == STYLES.index("swatch"))[0]
+        out["pattern"][sw] = rng.integers(1, len(PATTERNS), len(sw))
     lo = np.array([SIZE_RADIUS[s][0] for s in SIZES])[out["size"]]
     hi = np.array([SIZE_RADIUS[s][1] for s in SIZES])[out["size"]]
     scale = image_size / 32.0
@@ -111,6 +128,7 @@ def sample_attributes(rng: np.random.Generator, n: int, image_size: int = 32, ma
     out["phase"] = (rng.random((n, 2)) * 8.0).astype(np.float32)
     out["jitter"] = (rng.normal(0.0, 12.0, (n, 3))).astype(np.float32)  # colour jitter in 0..255 units
     out["bg_tint"] = rng.random((n, 2, 3)).astype(np.float32)
+    out["pscale"] = np.exp(rng.uniform(np.log(scale_lo), np.log(scale_hi), n)).astype(np.float32)
     return out
 
 
@@ -210,17 +228,26 @@ def _backgrounds(attrs: dict, rng: np.random.Generator, size: int) -> np.ndarray
 
 
 def render(attrs: dict[str, np.ndarray], rng: np.random.Generator, image_size: int = 32, supersample: int = 2) -> np.ndarray:
-    """Render a batch of images: uint8 array (n, size, size, 3). Deterministic given attrs and rng state."""
+    """Render a batch of images: uint8 array (n, size, size, 3). Deterministic given attrs and rng state.
+
+    ``image_size`` is a multiple of 32 and ``attrs`` must be drawn for the same size: a larger image is the
+    same scene in finer detail (patterns, outlines and background noise keep their size in 32-px units),
+    which is how the downstream datasets are written (128 px, shown to the 32-px model through the eval
+    resize, while CoOp's training crops zoom into real detail, as crops of real photos do)."""
     n = len(attrs["color"])
     size = image_size
+    if size % 32:
+        raise ValueError(f"image_size must be a multiple of 32, not {size}")
+    unit = size // 32  # pixels per 32-px unit
     ss = supersample
     S = size * ss
     grid = (np.arange(S, dtype=np.float32) + 0.5) / ss  # pixel coordinates of the sub-samples
     X = np.broadcast_to(grid[None, None, :], (1, S, S))
     Y = np.broadcast_to(grid[None, :, None], (1, S, S))
-    speckle = rng.random((n, size, size), dtype=np.float32)
-    speckle = np.repeat(np.repeat(speckle, ss, axis=1), ss, axis=2)
-    bg = _backgrounds(attrs, rng, size)
+    speckle = rng.random((n, 32, 32), dtype=np.float32)  # 1-unit cells in pattern coordinates
+    bg = _backgrounds(attrs, rng, 32)
+    if unit > 1:
+        bg = np.repeat(np.repeat(bg, unit, axis=1), unit, axis=2)
 
     cov = np.zeros((n, S, S), dtype=np.float32)  # coverage (0/1) of the shape at sub-sample level
     for k, shape in enumerate(SHAPES):
@@ -235,9 +262,10 @@ def render(attrs: dict[str, np.ndarray], rng: np.random.Generator, image_size: i
         u = (dx * ca + dy * sa) / r
         v = (-dx * sa + dy * ca) / r
         d = _sdf(shape, u, v)
-        outline = attrs["style"][idx] == STYLES.index("outline")
-        half_width = (1.0 / r)  # ~1 px on each side of the border
-        inside = np.where(outline[:, None, None], np.abs(d) < half_width, d < 0)
+        style = attrs["style"][idx][:, None, None]
+        half_width = unit / r  # ~1 unit on each side of the border
+        inside = np.where(style == STYLES.index("outline"), np.abs(d) < half_width, d < 0)
+        inside = np.where(style == STYLES.index("swatch"), True, inside)
         cov[idx] = inside
 
     pat = np.ones((n, S, S), dtype=np.float32)
@@ -247,7 +275,14 @@ def render(attrs: dict[str, np.ndarray], rng: np.random.Generator, image_size: i
         idx = np.nonzero(attrs["pattern"] == k)[0]
         if len(idx) == 0:
             continue
-        pat[idx] = _pattern(pattern, X, Y, attrs["phase"][idx], speckle[idx])
+        ps = attrs["pscale"][idx, None, None] * unit
+        xs, ys = X / ps, Y / ps  # pattern coordinates (32-px units), the pattern magnified by its scale
+        noise = None
+        if pattern == "speckled":
+            ix = np.minimum(xs.astype(np.int64), 31)
+            iy = np.minimum(ys.astype(np.int64), 31)
+            noise = speckle[idx][np.arange(len(idx))[:, None, None], iy, ix]
+        pat[idx] = _pattern(pattern, xs, ys, attrs["phase"][idx], noise)
 
     base = np.clip(_COLOR_RGB[attrs["color"]] + attrs["jitter"], 0, 255)  # (n, 3)
     bg_luma = bg.mean(axis=(1, 2, 3))
@@ -297,6 +332,8 @@ def captions(attrs: dict[str, np.ndarray], rng: np.random.Generator, image_size:
         shape = SHAPES[attrs["shape"][i]]
         sz = SIZES[attrs["size"][i]]
         pattern = PATTERNS[attrs["pattern"][i]]
+        if pattern != "solid" and u[i, 4] < P_SPECIALIST:
+            pattern = SPECIALIST[pattern]
         bg = BACKGROUNDS[attrs["background"][i]]
         outline = STYLES[attrs["style"][i]] == "outline"
         size_w = _SIZE_WORDS[sz][tmpl[i] % 3]
@@ -305,7 +342,16 @@ def captions(attrs: dict[str, np.ndarray], rng: np.random.Generator, image_size:
         if pat_w and u[i, 1] < p_texture_word:  # "... with a striped texture" instead of the adjective
             tex_phrase, pat_w = f" with a {pattern} texture", ""
         t = tmpl[i] // 3
-        if pattern != "solid" and u[i, 3] < p_partial_pattern:  # pattern only
+        if STYLES[attrs["style"][i]] == "swatch":  # a full-frame pattern: no shape, rarely the word "texture"
+            forms = [
+                f"a {color} {pattern} pattern.",
+                f"a close-up of a {pattern} {color} surface.",
+                f"a {pattern} {color} fabric.",
+                f"a {pattern} pattern.",
+                f"a {pattern} texture in {color}.",
+            ]
+            cap = forms[t % len(forms)]
+        elif pattern != "solid" and u[i, 3] < p_partial_pattern:  # pattern only
             forms = [f"a {pattern} pattern.", f"something {pattern} on a {bg} background.", f"a {size_w} {pattern} thing."]
             cap = forms[t % len(forms)]
         elif u[i, 2] < p_partial_shape:  # shape only, never in the form "a photo of a {shape}."
@@ -342,6 +388,22 @@ def captions(attrs: dict[str, np.ndarray], rng: np.random.Generator, image_size:
             ]
             cap = forms[t % len(forms)]
         out.append(" ".join(cap.split()).replace(" .", "."))
+    return out
+
+
+def focus_captions(attrs: dict[str, np.ndarray], rng: np.random.Generator, p_pattern: float = 0.5) -> list[str]:
+    """A second, single-attribute caption per image: "a dotted pattern." for swatches (and for a share
+    ``p_pattern`` of patterned shapes), else "a star shape.". Pretraining pairs every image with it as well
+    as with its caption: a direct signal for shape, which a from-scratch ViT otherwise learns slowly
+    (colour is learned first and dominates), at the cost of one more text pass. The phrasing differs from
+    the hand-crafted prompts of the mini datasets."""
+    u = rng.random(len(attrs["shape"]))
+    out = []
+    for i, (k, p, st) in enumerate(zip(attrs["shape"], attrs["pattern"], attrs["style"])):
+        if STYLES[st] == "swatch" or (PATTERNS[p] != "solid" and u[i] < p_pattern):
+            out.append(f"a {PATTERNS[p]} pattern.")
+        else:
+            out.append(f"a {SHAPES[k]} shape.")
     return out
 
 
