@@ -117,7 +117,7 @@ for _d in [
         key="mini_objects_outline", name="MiniObjectsOutline", display_name="MiniObjects-Outline",
         template="a photo of a {}.", classes=_OBJECT_CLASSES, dist={**_OBJECT_DIST, "style": ["outline"]},
         per_class=(0, 0, 40), seed=105, variant_of="mini_objects",
-        about="mini_objects drawn as outlines (the style of 13% of the pretraining images)"),
+        about="mini_objects drawn as outlines (the style of 10% of the pretraining images)"),
     MiniDataset(
         key="mini_objects_patchwork", name="MiniObjectsPatchwork", display_name="MiniObjects-Patchwork",
         template="a photo of a {}.", classes=_OBJECT_CLASSES, dist={**_OBJECT_DIST, "background": ["patchwork"]},

@@ -181,7 +181,7 @@ def pretrain(s: dict, out_path: Path, threads: int | None = None) -> dict:
             images = to_tensor(R.render(attrs, rng))
             texts = [tokens(R.captions(attrs, rng))]
             if s["focus_captions"]:
-                texts.append(tokens(R.focus_captions(attrs, rng, p_pattern=s.get("focus_p_pattern", 0.5))))
+                texts.append(tokens(R.focus_captions(attrs, rng)))
             t_render += time.time() - tr
             img_f = F.normalize(model.encode_image(images), dim=-1)
             loss = 0.0

@@ -50,7 +50,7 @@ PRETRAIN_BACKGROUNDS = ["dark", "light", "gray", "noisy"]
 STYLES = ["filled", "outline", "swatch"]  # swatch: the pattern fills the whole frame (no shape)
 # patterns are drawn at a random scale (log-uniform in this range; 1 = periods of 4-5 px at 32 px), so the
 # pretrained image tower knows a pattern at any zoom, as a real CLIP does: CoOp's training augmentation
-# (random resized crops down to 8 % of the area) magnifies 32-px images up to 3.5x
+# (random resized crops down to 8 % of the area) zooms in up to 3.5x
 PATTERN_SCALE = (1.0, 3.0)
 POSITIONS = ["in the center", "on the left", "on the right", "at the top", "at the bottom"]
 
