@@ -99,18 +99,15 @@ def _copy_from_repo_cache(path) -> None:
     """The checkpoint is keyed by every pretraining setting: if ``bench demo`` already trained this exact one
     into the repository's default cache (as .ci/run does before the tests), reuse it instead of spending
     another ~3 minutes. Otherwise the fixture pretrains it, as a user's first run does."""
-    import shutil
-
+    from bench.fileio import atomic_open
     from bench.paths import repo_root
 
     src = repo_root() / "cache" / "mini" / path.parent.name / P.CHECKPOINT_NAME
     if path.is_file() or not src.is_file() or src.resolve() == path.resolve():
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for name in (P.CHECKPOINT_NAME, "meta.json"):
-        if (src.parent / name).is_file():
-            shutil.copyfile(src.parent / name, path.parent / (name + ".tmp"))
-            os.replace(path.parent / (name + ".tmp"), path.parent / name)
+    for name in ("meta.json", P.CHECKPOINT_NAME):  # the checkpoint last: its presence means complete
+        with atomic_open(path.parent / name) as fh:
+            fh.write((src.parent / name).read_bytes())
 
 
 @pytest.fixture(scope="module")
@@ -181,6 +178,22 @@ def test_datasets_written_once(data_root, capfd):
     capfd.readouterr()
     assert B.ensure_data(data_root) == data_root
     assert os.stat(marker).st_mtime_ns == mtime and "found complete" in capfd.readouterr().err
+
+
+def test_concurrent_commands_write_the_datasets_once(tmp_path):
+    """Two `bench` commands started together on a fresh cache: one writes, the other waits and finds it."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "bench.mini.build", "--root", str(tmp_path)]
+    procs = [subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    assert sum("found complete" in e for e in errs) == 1 and sum("written in" in e for e in errs) == 1, errs
+    assert (tmp_path / B.MARKER).read_text().strip() == B.data_key()
+    spec = B.DATASETS["mini_shapes"]
+    entries = json.loads((tmp_path / spec.dir / spec.split_file).read_text())["test"]
+    assert all((tmp_path / spec.dir / "images" / rel).is_file() for rel, _, _ in entries)
 
 
 def test_specs_are_generated_from_the_definitions():

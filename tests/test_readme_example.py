@@ -2,6 +2,7 @@
 
 import re
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -9,9 +10,6 @@ from bench.paths import repo_root
 from bench.protocols import expand
 from bench.runner import execute
 from bench.store import Store
-
-
-import pytest
 
 
 @pytest.fixture

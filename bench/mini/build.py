@@ -17,16 +17,16 @@ import argparse
 import hashlib
 import io
 import json
-import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from bench import log
+from bench.fileio import atomic_open, file_lock
 from bench.paths import cache_dir
 
 from . import render as R
@@ -193,19 +193,17 @@ def ensure_data(root: Path | str | None = None) -> Path:
     root = Path(root) if root is not None else cache_dir() / "mini" / "data"
     key = data_key()
     marker = root / MARKER
-    if marker.is_file() and marker.read_text().strip() == key:
-        log.info(f"mini datasets: found complete (key={key}) at {root}")
-        return root
-    t0 = time.time()
-    root.mkdir(parents=True, exist_ok=True)
-    if marker.exists():
-        marker.unlink()
-    for k in DATASETS:
-        sizes = write_dataset(k, root)
-        log.info(f"mini datasets: wrote {k} {sizes}")
-    tmp = root / (MARKER + ".tmp")
-    tmp.write_text(key + "\n")
-    os.replace(tmp, marker)
+    with file_lock(marker):  # concurrent commands must not rewrite the folders under each other
+        if marker.is_file() and marker.read_text().strip() == key:
+            log.info(f"mini datasets: found complete (key={key}) at {root}")
+            return root
+        t0 = time.time()
+        marker.unlink(missing_ok=True)
+        for k in DATASETS:
+            sizes = write_dataset(k, root)
+            log.info(f"mini datasets: wrote {k} {sizes}")
+        with atomic_open(marker) as fh:
+            fh.write((key + "\n").encode())
     log.info(f"mini datasets: {len(DATASETS)} written in {time.time() - t0:.1f}s (key={key}) at {root}")
     return root
 

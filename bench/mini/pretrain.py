@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from bench import log
+from bench.fileio import atomic_open, file_lock
 from bench.paths import cache_dir, repo_root
 
 from . import render as R
@@ -174,10 +175,7 @@ def pretrain(s: dict, out_path: Path, threads: int | None = None) -> dict:
                 model.visual.patch_dropout = torch.nn.Identity()
             tr = time.time()
             rng = np.random.default_rng([s["seed"], step])
-            dist = {}
-            if s.get("colors_per_batch"):  # hard negatives: few colours per batch, so shape etc. must be told apart
-                dist["color"] = list(rng.choice(R.COLOR_NAMES, s["colors_per_batch"], replace=False))
-            attrs = R.sample_attributes(rng, s["batch"], **dist)
+            attrs = R.sample_attributes(rng, s["batch"])
             images = to_tensor(R.render(attrs, rng))
             texts = [tokens(R.captions(attrs, rng))]
             if s["focus_captions"]:
@@ -198,10 +196,6 @@ def pretrain(s: dict, out_path: Path, threads: int | None = None) -> dict:
                 log.info(f"mini pretraining: step {step + 1}/{steps} loss {np.mean(losses[-50:]):.3f} "
                          f"logit_scale {model.logit_scale.exp().item():.1f} ({time.time() - t0:.0f}s)")
         model.eval()
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out_path.with_suffix(".tmp")
-        torch.save(model.state_dict(), tmp)
-        os.replace(tmp, out_path)
     meta = {
         "settings": s,
         "final_loss": float(np.mean(losses[-50:])),
@@ -211,7 +205,10 @@ def pretrain(s: dict, out_path: Path, threads: int | None = None) -> dict:
         "threads": threads,
         "torch": torch.__version__,
     }
-    (out_path.parent / "meta.json").write_text(json.dumps(meta, indent=2, default=list) + "\n")
+    with atomic_open(out_path.parent / "meta.json") as fh:  # meta first: the checkpoint's presence means done
+        fh.write((json.dumps(meta, indent=2, default=list) + "\n").encode())
+    with atomic_open(out_path) as fh:
+        torch.save(model.state_dict(), fh)
     return meta
 
 
@@ -223,12 +220,13 @@ def checkpoint_path() -> tuple[str, Path]:
 def ensure_checkpoint() -> Path:
     """Path of the pretrained mini CLIP checkpoint; pretrains (once, cached on disk) if it is missing."""
     key, path = checkpoint_path()
-    if path.is_file():
-        log.info(f"mini CLIP: loading cached checkpoint key={key} path={path}")
-        return path
-    s = settings()
-    log.info(f"mini CLIP: pretraining key={key} ({s['steps']} steps, batch {s['batch']}) -> {path}")
-    meta = pretrain(s, path)
+    with file_lock(path):  # two commands started together train it once; the second waits, then loads it
+        if path.is_file():
+            log.info(f"mini CLIP: loading cached checkpoint key={key} path={path}")
+            return path
+        s = settings()
+        log.info(f"mini CLIP: pretraining key={key} ({s['steps']} steps, batch {s['batch']}) -> {path}")
+        meta = pretrain(s, path)
     log.info(f"mini CLIP: done in {meta['train_seconds']}s, logit scale {meta['logit_scale']:.1f}, "
              f"key={key} path={path}")
     return path
