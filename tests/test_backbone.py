@@ -40,12 +40,16 @@ def test_encode_prompts_matches_open_clip_encode_text(tiny, cut):
     assert (out - ref).abs().max().item() <= 1e-5
 
 
-def test_encode_prompts_without_causal_mask_would_differ(tiny, monkeypatch):
-    tokens = tiny.tokenize(TEXTS)
+def test_encode_prompts_without_causal_mask_would_differ():
+    # a model of its own: the shared module-scoped one is never mutated (patching an nn.Module buffer and
+    # undoing the patch can delete the buffer under some pytest versions)
+    torch.manual_seed(0)
+    own = create_backbone("tiny-test", None)
+    tokens = own.tokenize(TEXTS)
     with torch.no_grad():
-        ref = tiny.model.encode_text(tokens)
-        monkeypatch.setattr(tiny.model, "attn_mask", torch.zeros_like(tiny.model.attn_mask))  # bidirectional
-        out = tiny.encode_prompts(tiny.token_embedding(tokens), tokens, cut=False)
+        ref = own.model.encode_text(tokens)
+        own.model.attn_mask = torch.zeros_like(own.model.attn_mask)  # bidirectional attention
+        out = own.encode_prompts(own.token_embedding(tokens), tokens, cut=False)
     assert (out - ref).abs().max().item() > 1e-3
 
 
