@@ -42,8 +42,23 @@ def test_ci_stops_when_the_setup_command_fails(tmp_path):
     _fake(bin_dir, "pip", f'echo pip >> {log}; exit 1')
     for name in ("bench", "python"):
         _fake(bin_dir, name, f'echo {name} >> {log}')
+    # `python3 -m venv DIR` makes an (empty) environment whose activation keeps the fakes first on PATH
+    _fake(bin_dir, "python3", 'mkdir -p "$3/bin" && : > "$3/bin/activate"')
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     done = subprocess.run(["bash", str(tmp_path / ".ci" / "run")], env=env, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode != 0
     assert log.read_text().split() == ["pip"]  # neither the demo nor the tests ran
+
+
+def test_ci_installs_into_a_fresh_virtual_environment_with_the_constraints():
+    """CI must see what a new user gets: a new venv each run, resolved with the tested versions."""
+    text = (repo_root() / ".ci" / "run").read_text()
+    assert re.search(r'rm -rf "\$VENV"\s+python3 -m venv "\$VENV"\s+source "\$VENV/bin/activate"', text)
+    setup, _ = _readme_commands()
+    assert "-c constraints.txt" in setup
+    pins = dict(ln.split("==", 1) for ln in (repo_root() / "constraints.txt").read_text().splitlines()
+                if ln and not ln.startswith("#"))
+    assert pins["torch"] == "2.14.1" and pins["torchvision"] == "0.29.1"
+    for dep in ("open_clip_torch", "submitit", "pandas", "scipy", "seaborn", "scikit-learn", "pytest"):
+        assert dep in pins, dep
