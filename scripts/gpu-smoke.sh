@@ -37,7 +37,7 @@ step() {  # step NAME TIMEOUT_S COMMAND...: run, time and record one step
 
 echo "clip-prompt-bench GPU smoke test, $(date -u +%Y-%m-%dT%H:%M:%SZ), $(git rev-parse --short HEAD 2>/dev/null || echo '?'), output in $OUT"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv
-step "environment" 40 "$PY" - <<'PYEOF' || { printf '%s\n' "${summary[@]}" | tee "$OUT/summary.txt"; exit 2; }
+step "environment" 60 "$PY" - <<'PYEOF' || { printf '%s\n' "${summary[@]}" | tee "$OUT/summary.txt"; exit 2; }
 import sys
 import torch
 import bench
@@ -55,7 +55,7 @@ PYEOF
 step "GPU suite: pytest -m gpu tests/gpu" 170 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/gpu \
     -o addopts="" -rfEs --durations=5 --junitxml="$OUT/gpu-tests.xml"
 # shellcheck disable=SC2086  # SPEED_ARGS: extra arguments, split on purpose
-step "feature extraction images/s, with and without DataLoader workers" 90 \
+step "feature extraction images/s, with and without DataLoader workers" 70 \
     "$PY" scripts/gpu_feature_speed.py --device "${BENCH_GPU_SUITE_DEVICE:-cuda}" --out "$OUT/feature_speed.json" \
     ${SPEED_ARGS:-}
 
