@@ -54,19 +54,25 @@ class StopRequest:
 
     While a training loop runs (``active``), :meth:`defer` stores ``then`` (the signal's real handler: submitit's
     checkpoint, requeue and exit) instead of letting it run in the middle of a step; the loop saves its state at
-    the next step boundary and calls :meth:`release`, which runs ``then``.  Outside training it returns False and
-    the caller runs the handler at once (the state worth keeping is already saved).
+    the next step boundary and calls :meth:`release`, which runs ``then``.  Where the loop's state is consistent
+    but the next step may be far (an epoch's augmented view being encoded), :meth:`consistent` registers a saver
+    that :meth:`defer` runs at once, and the handler runs right after.  Outside training :meth:`defer` returns
+    False and the caller runs the handler at once (the state worth keeping is already saved).
     """
 
     def __init__(self):
         self.active = 0
         self.pending: Callable[[], object] | None = None
+        self.save_now: Callable[[], object] | None = None
 
     @property
     def requested(self) -> bool:
         return self.pending is not None
 
     def defer(self, then: Callable[[], object]) -> bool:
+        if self.save_now is not None:
+            self.save_now()
+            return False
         if not self.active:
             return False
         self.pending = then
@@ -76,6 +82,14 @@ class StopRequest:
         then, self.pending = self.pending, None
         if then is not None:
             then()
+
+    @contextmanager
+    def consistent(self, saver: Callable[[], object]):
+        self.save_now = saver
+        try:
+            yield self
+        finally:
+            self.save_now = None
 
     @contextmanager
     def training(self):
@@ -196,10 +210,14 @@ def fit_epochs(
         for epoch in range(start_epoch, epochs):
             for group in opt.param_groups:
                 group["lr"] = lr_at_epoch(epoch, epochs, lr, warmup_epochs, warmup_lr)
-            feats = train.view(epoch % train.n_views).to(device)
+            resume = epoch == start_epoch
+            if not (resume and start_step):  # at an epoch boundary: encoding this view may take minutes
+                with STOP.consistent(lambda: save(epoch, 0, gen.get_state(), 0.0, 0, "preemption")):
+                    feats = train.view(epoch % train.n_views).to(device)
+            else:
+                feats = train.view(epoch % train.n_views).to(device)
             epoch_gen = gen.get_state()
             order = batches(len(labels), batch_size, gen)
-            resume = epoch == start_epoch
             total, count = partial if resume else (0.0, 0)
             for step in range(start_step if resume else 0, len(order)):
                 idx = order[step].to(device)

@@ -10,9 +10,9 @@
 # 3. images/s of feature extraction (ViT-B-16, random weights, 1000 generated JPEGs) with and without workers.
 # Everything goes to OUTPUT_DIR (default gpu-smoke-<time>/): smoke.log, gpu-tests.xml, feature_speed.json,
 # summary.txt. Exit status 0 only if every step passed. Nothing is downloaded; caches and results stay in OUTPUT_DIR.
-# Expected: 1-2 minutes on one GPU; each step has a time limit (at most 5 minutes in all).
-# Dry run of the script's own logic without a GPU: BENCH_GPU_SUITE_DEVICE=cpu SPEED_ARGS="--backbone tiny-test
-# --images 100" bash scripts/gpu-smoke.sh
+# Expected: 1-2 minutes on one GPU; each step has a time limit (5 minutes in all; SMOKE_TIME_FACTOR=2 doubles them).
+# Dry run of the script's own logic without a GPU: BENCH_GPU_SUITE_DEVICE=cpu SMOKE_TIME_FACTOR=4
+# SPEED_ARGS="--backbone tiny-test --images 100" bash scripts/gpu-smoke.sh
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 PY=${PYTHON:-python}
@@ -24,7 +24,7 @@ exec > >(tee "$OUT/smoke.log") 2>&1
 status=0
 summary=()
 step() {  # step NAME TIMEOUT_S COMMAND...: run, time and record one step
-    local name=$1 limit=$2 t0=$SECONDS rc
+    local name=$1 limit=$(( $2 * ${SMOKE_TIME_FACTOR:-1} )) t0=$SECONDS rc
     shift 2
     echo; echo "== $name"
     timeout --kill-after=10 "$limit" "$@"
@@ -37,7 +37,7 @@ step() {  # step NAME TIMEOUT_S COMMAND...: run, time and record one step
 
 echo "clip-prompt-bench GPU smoke test, $(date -u +%Y-%m-%dT%H:%M:%SZ), $(git rev-parse --short HEAD 2>/dev/null || echo '?'), output in $OUT"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv
-step "environment" 60 "$PY" - <<'PYEOF' || { printf '%s\n' "${summary[@]}" | tee "$OUT/summary.txt"; exit 2; }
+step "environment" 45 "$PY" - <<'PYEOF' || { printf '%s\n' "${summary[@]}" | tee "$OUT/summary.txt"; exit 2; }
 import sys
 import torch
 import bench
@@ -52,10 +52,10 @@ for i in range(torch.cuda.device_count()):
           f"native bf16: {bf16_supported(f'cuda:{i}')}")
 PYEOF
 
-step "GPU suite: pytest -m gpu tests/gpu" 170 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/gpu \
+step "GPU suite: pytest -m gpu tests/gpu" 180 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/gpu \
     -o addopts="" -rfEs --durations=5 --junitxml="$OUT/gpu-tests.xml"
 # shellcheck disable=SC2086  # SPEED_ARGS: extra arguments, split on purpose
-step "feature extraction images/s, with and without DataLoader workers" 70 \
+step "feature extraction images/s, with and without DataLoader workers" 75 \
     "$PY" scripts/gpu_feature_speed.py --device "${BENCH_GPU_SUITE_DEVICE:-cuda}" --out "$OUT/feature_speed.json" \
     ${SPEED_ARGS:-}
 

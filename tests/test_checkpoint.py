@@ -306,3 +306,32 @@ def test_train_data_lives_on_the_runs_device(data_root, tiny_backbone_spec):
     dev = torch.device(bb.device)
     for t in (train.labels, train.view(0), train.eval_features, train.val_features, train.val_labels):
         assert t.device == dev
+
+
+def test_preemption_while_an_epochs_view_is_encoded_saves_at_once(data_root, tiny_backbone_spec, tmp_path, monkeypatch,
+                                                                 fake_submitit_handler):
+    """Encoding an epoch's augmented view can take minutes (longer than SLURM's grace period): the state at that
+    epoch boundary is saved inside the signal handler and the task exits without waiting for the next step."""
+    from bench.features import FeatureCache
+
+    config = config_of(data_root, tiny_backbone_spec, "coop", epochs=2, n_ctx=4, batch_size=2)
+    reference = execute(copy.deepcopy(config), Store(tmp_path / "ref"))
+    store = Store(tmp_path / "slurm")
+    payload = bs.task_payload([config], store, bs.load_profile(None, ["checkpoint_every=0"]))
+    real_get = FeatureCache.get
+
+    def get(self, root, paths, transform="eval", view=0):
+        if transform == "train" and view == 1 and bt.STOP.active:
+            os.kill(os.getpid(), signal.SIGUSR2)
+        return real_get(self, root, paths, transform, view)
+
+    monkeypatch.setattr(FeatureCache, "get", get)
+    count = signal_at_step(monkeypatch, __import__("methods.coop", fromlist=["CoOp"]).CoOp, 0)
+    with pytest.raises(SystemExit):
+        bs.RunTask()(payload)
+    state = torch.load(bs.checkpoint_path(store, config), weights_only=False)
+    assert (state["epoch"], state["step"], count[0]) == (1, 0, 3) and len(state["loss"]) == 1
+    monkeypatch.undo()
+    bs._STOPPING = False
+    bs.RunTask()(payload)
+    same_run(reference, store.load(config))
