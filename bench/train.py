@@ -234,7 +234,7 @@ def fit_epochs(
                         scaler.update()
                         skipped += int(scaler.get_scale() < scale)
                 except RuntimeError as e:
-                    if "deterministic" not in str(e):
+                    if "use_deterministic_algorithms" not in str(e):
                         raise
                     raise BenchError(f"{str(e).splitlines()[0][:200]} (set BENCH_DETERMINISTIC=warn to allow "
                                      f"non-deterministic CUDA ops)") from None
