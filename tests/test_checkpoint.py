@@ -335,3 +335,24 @@ def test_preemption_while_an_epochs_view_is_encoded_saves_at_once(data_root, tin
     bs._STOPPING = False
     bs.RunTask()(payload)
     same_run(reference, store.load(config))
+
+
+def test_an_op_without_deterministic_cuda_kernel_fails_in_one_line():
+    from types import SimpleNamespace
+
+    from bench.method import Context, TrainData
+
+    module = torch.nn.Linear(4, 2)
+    ctx = Context(backbone=SimpleNamespace(device="cpu", precision="fp32"), classnames=["a", "b"], template="{}",
+                  kgcoop_template="{}", dataset="x", hparams={}, seed=1, log=lambda m: None)
+    x, y = torch.randn(4, 4), torch.tensor([0, 1, 0, 1])
+    train = TrainData(labels=y, view=lambda v: x, n_views=1, eval_features=x)
+
+    def loss(f, labels):
+        raise RuntimeError("index_add_cuda_ does not have a deterministic implementation, but you set "
+                           "'torch.use_deterministic_algorithms(True)'. You can turn off ...\nmore text")
+
+    with pytest.raises(BenchError, match="BENCH_DETERMINISTIC=warn") as e:
+        bt.fit_epochs(module, loss, train, ctx, epochs=1, batch_size=2, lr=0.1)
+    assert "\n" not in str(e.value) and "index_add_cuda_" in str(e.value)
+    assert not bt.STOP.active  # the training marker is released on errors
