@@ -7,8 +7,8 @@ several per task, long ones alone) and submitted as one ``sbatch --array`` per c
 
 Each array task runs :class:`RunTask` (a ``submitit.helpers.Checkpointable``): its runs one after the other through
 :func:`bench.runner.execute` with a :class:`FileCheckpointer` (training state in ``<result>.ckpt.pt`` beside the
-result file, written every ``checkpoint_every`` epochs, every ``checkpoint_every_steps`` steps / ``checkpoint_every_min``
-minutes within epochs, and at the end of training; removed once the result is written).  On preemption or time
+result file, written every ``checkpoint_every`` epochs, every ``checkpoint_every_steps`` steps /
+``checkpoint_every_min`` minutes within epochs, and at the end of training; removed once the result is written).  On preemption or time
 limit SLURM sends USR2; while a run trains, the signal is held until the current step ends and the training state
 is saved (:data:`bench.train.STOP`), then submitit calls ``RunTask.checkpoint`` and requeues the task; the requeued
 task skips its completed runs (the store has them) and resumes the interrupted one mid-epoch from its checkpoint.
@@ -304,7 +304,7 @@ class FileCheckpointer:
         if not self.path.exists():
             return None
         try:
-            return torch.load(self.path, map_location="cpu", weights_only=False)
+            return torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - a checkpoint only saves time: start the run over
             log.info(f"checkpoint {self.path} unreadable ({type(e).__name__}: {e}); starting the run from epoch 0")
             self.clear()

@@ -135,8 +135,11 @@ def deterministic_cuda() -> str:
 
 
 def rng_states(device) -> dict:
+    """The global RNG states, as tensors and plain values (loadable with ``torch.load(weights_only=True)``)."""
     device = torch.device(device)
-    out = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    out = {"torch": torch.get_rng_state(), "python": random.getstate(),
+           "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)}
     if device.type == "cuda":
         out["cuda"] = torch.cuda.get_rng_state(device)
     return out
@@ -145,8 +148,9 @@ def rng_states(device) -> dict:
 def set_rng_states(states: dict, device) -> None:
     device = torch.device(device)
     torch.set_rng_state(states["torch"])
-    np.random.set_state(states["numpy"])
-    random.setstate(states["python"])
+    name, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in states["python"]))
     if device.type == "cuda" and states.get("cuda") is not None:
         torch.cuda.set_rng_state(states["cuda"], device)
 

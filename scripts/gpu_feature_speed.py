@@ -81,13 +81,15 @@ def main(argv=None) -> int:
             sync(bb.device)
             dt = time.perf_counter() - t0
             assert feats.shape[0] == len(paths) and cache.encoded == len(paths)
-            run = {"transform": transform, "workers": w, "seconds": round(dt, 3), "images_per_s": round(len(paths) / dt, 1)}
+            run = {"transform": transform, "workers": w, "seconds": round(dt, 3),
+                   "images_per_s": round(len(paths) / dt, 1)}
             out["runs"].append(run)
             print(f"feature extraction ({transform:5} transform), {w:2d} workers: {run['images_per_s']:8.1f} images/s "
                   f"({dt:.2f} s for {len(paths)} images)", flush=True)
     base = {r["transform"]: r["images_per_s"] for r in out["runs"] if r["workers"] == 0}
     best = max(out["runs"], key=lambda r: r["images_per_s"])
-    print(f"fastest: {best['workers']} workers ({best['transform']}), {best['images_per_s'] / base[best['transform']]:.1f}x "
+    speedup = best["images_per_s"] / base[best["transform"]]
+    print(f"fastest: {best['workers']} workers ({best['transform']}), {speedup:.1f}x "
           f"the 0-worker speed; {bb.device} {out['gpu'] or ''} {bb.precision}", flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=1) + "\n")

@@ -97,7 +97,7 @@ def test_preemption_signal_saves_at_the_step_boundary_and_resume_is_exact(
         bs.RunTask()(payload)
     assert fake_submitit_handler == [1]  # ran once, held while training, after the step ended
     assert count[0] == stop_step  # no further step started
-    state = torch.load(bs.checkpoint_path(store, config), weights_only=False)
+    state = torch.load(bs.checkpoint_path(store, config), weights_only=True)
     per_epoch = 6 if method == "cocoop" else 3
     assert (state["epoch"], state["step"]) == divmod(stop_step, per_epoch)
     assert not store.is_complete(config) and store.failure(config) is None
@@ -269,7 +269,8 @@ def test_deterministic_cuda_settings(monkeypatch):
     try:
         monkeypatch.delenv("BENCH_DETERMINISTIC", raising=False)
         assert bt.deterministic_cuda() == "strict"
-        assert torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled()
+        assert torch.are_deterministic_algorithms_enabled()
+        assert not torch.is_deterministic_algorithms_warn_only_enabled()
         assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
         monkeypatch.setenv("BENCH_DETERMINISTIC", "warn")
         assert bt.deterministic_cuda() == "warn" and torch.is_deterministic_algorithms_warn_only_enabled()
@@ -329,7 +330,7 @@ def test_preemption_while_an_epochs_view_is_encoded_saves_at_once(data_root, tin
     count = signal_at_step(monkeypatch, __import__("methods.coop", fromlist=["CoOp"]).CoOp, 0)
     with pytest.raises(SystemExit):
         bs.RunTask()(payload)
-    state = torch.load(bs.checkpoint_path(store, config), weights_only=False)
+    state = torch.load(bs.checkpoint_path(store, config), weights_only=True)
     assert (state["epoch"], state["step"], count[0]) == (1, 0, 3) and len(state["loss"]) == 1
     monkeypatch.undo()
     bs._STOPPING = False

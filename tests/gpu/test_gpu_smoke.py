@@ -149,7 +149,7 @@ def test_preempted_and_resumed_run_equals_uninterrupted(data_root, tiny_backbone
         monkeypatch.setattr(cls, "loss", loss)
         with pytest.raises(SystemExit):
             bs.RunTask()(payload)
-        state = torch.load(bs.checkpoint_path(store, config), weights_only=False)
+        state = torch.load(bs.checkpoint_path(store, config), weights_only=True)
         assert state["epoch"] * 1000 + state["step"] > 0 and not store.is_complete(config)
         monkeypatch.undo()
         bs._STOPPING = False
