@@ -10,8 +10,9 @@ Each array task runs :class:`RunTask` (a ``submitit.helpers.Checkpointable``): i
 result file, written every ``checkpoint_every`` epochs, every ``checkpoint_every_steps`` steps /
 ``checkpoint_every_min`` minutes within epochs, and at the end of training; removed once the result is written).
 On preemption or time limit SLURM sends USR2; while a run trains, the signal is held until the current step ends
-and the training state is saved (:data:`bench.train.STOP`), then submitit calls ``RunTask.checkpoint`` and requeues the task; the requeued
-task skips its completed runs (the store has them) and resumes the interrupted one mid-epoch from its checkpoint.
+and the training state is saved (:data:`bench.train.STOP`), then submitit calls ``RunTask.checkpoint`` and
+requeues the task; the requeued task skips its completed runs (the store has them) and resumes the interrupted
+one, mid-epoch if need be, from its checkpoint.
 
 Job ids are recorded per run hash in ``<store>.slurm/registry.json`` (next to the store), so :func:`run_states`
 can tell done / pending / running / failed / missing for ``bench status``, with the failing task's log tail.
