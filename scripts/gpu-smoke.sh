@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU smoke test of clip-prompt-bench on a machine with one (or more) CUDA GPU: 2-4 minutes.
+# GPU smoke test of clip-prompt-bench on a machine with one (or more) CUDA GPU, in under 5 minutes.
 #
 #   bash scripts/gpu-smoke.sh [OUTPUT_DIR]        (PYTHON=/path/to/python to choose the interpreter)
 #
@@ -8,7 +8,7 @@
 #    preempted + resumed run equal to an uninterrupted one, same-seed runs bit-identical (one process and fresh
 #    processes), CPU- and GPU-filled feature caches kept apart, the README's example method on CUDA;
 # 3. images/s of feature extraction (ViT-B-16, random weights, 1000 generated JPEGs) with and without workers.
-# Everything goes to OUTPUT_DIR (default gpu-smoke-<time>/): smoke.log, gpu-tests.xml, feature_speed.json,
+# Everything goes to OUTPUT_DIR (default $TMPDIR/gpu-smoke-<time>/): smoke.log, gpu-tests.xml, feature_speed.json,
 # summary.txt. Exit status 0 only if every step passed. Nothing is downloaded; caches and results stay in OUTPUT_DIR.
 # Expected: 1-2 minutes on one GPU; each step has a time limit (5 minutes in all; SMOKE_TIME_FACTOR=2 doubles them).
 # Dry run of the script's own logic without a GPU: BENCH_GPU_SUITE_DEVICE=cpu SMOKE_TIME_FACTOR=4
@@ -16,7 +16,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 PY=${PYTHON:-python}
-OUT=${1:-gpu-smoke-$(date +%Y%m%d-%H%M%S)}
+OUT=${1:-${TMPDIR:-/tmp}/gpu-smoke-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd) || exit 2
 export BENCH_CACHE="$OUT/cache" BENCH_RESULTS="$OUT/results" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
