@@ -65,9 +65,9 @@ def create_backbone(arch: str, pretrained: str | None, device: str = "cpu", prec
 
     pretrained: an open_clip tag ("openai", "laion2b_s34b_b88k", ...), a checkpoint file (.pt/.bin/.safetensors,
     an OpenAI TorchScript archive included), "mini" (the miniature world's checkpoint) or None (random init).
-    precision: "auto" (fp32 on CPU; bf16 autocast on CUDA where supported, else fp16 autocast), "fp32",
-    "amp" (fp16 autocast), "bf16" (bf16 autocast) or "fp16" (weights in fp16 as OpenAI's CLIP). Weights stay
-    fp32 except for "fp16"; outputs are always float32.
+    precision: "auto" (fp32 on CPU; fp16 autocast on CUDA, as the reference numbers were produced in fp16), "fp32",
+    "amp" (fp16 autocast), "bf16" (bf16 autocast; on CUDA only where the GPU has native bf16) or "fp16" (weights
+    in fp16 as OpenAI's CLIP). Weights stay fp32 except for "fp16"; outputs are always float32.
     """
     if arch not in open_clip.list_models():
         raise BenchError(f"unknown architecture '{arch}': not an open_clip architecture "
@@ -137,11 +137,26 @@ def _resolve_device(device) -> torch.device:
 def _resolve_precision(precision: str, device: torch.device) -> str:
     if precision not in PRECISIONS:
         raise BenchError(f"unknown precision '{precision}' (known: {', '.join(PRECISIONS)})")
+    if precision == "bf16" and device.type == "cuda" and not bf16_supported(device):
+        raise BenchError(f"precision bf16 requested but {torch.cuda.get_device_name(device)} has no native bf16 "
+                         f"(only emulated, slow): use --precision amp (fp16 autocast, the default on GPU)")
     if precision != "auto":
         return precision
-    if device.type != "cuda":
-        return "fp32"
-    return "bf16" if torch.cuda.is_bf16_supported() else "amp"
+    # fp16 autocast on GPU: the reference numbers (CoOp, CoCoOp, KgCoOp) were produced with CLIP in fp16
+    return "amp" if device.type == "cuda" else "fp32"
+
+
+def bf16_supported(device) -> bool:
+    """Native bf16 on this CUDA device (compute capability >= 8.0), not emulation; asks the given device, not the
+    current one."""
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return False
+    with torch.cuda.device(device):
+        try:
+            return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+        except TypeError:  # torch without the argument
+            return torch.cuda.get_device_capability(device)[0] >= 8
 
 
 # ---------------------------------------------------------------------------------------------------------------

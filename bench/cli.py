@@ -40,7 +40,8 @@ def add_grid_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--backbone", help="open_clip architecture (default ViT-B-16; 'mini' with --preset mini)")
     g.add_argument("--pretrained", help="open_clip pretrained tag or checkpoint path (default openai)")
     g.add_argument("--data-root", help="folder holding the datasets in CoOp's layout (default $BENCH_DATA)")
-    g.add_argument("--precision", default="auto", help="auto (fp32 on CPU, mixed on GPU) | fp32 | amp | bf16 | fp16")
+    g.add_argument("--precision", default="auto",
+                   help="auto (fp32 on CPU, fp16 autocast on GPU) | fp32 | amp (fp16 autocast) | bf16 | fp16")
     g.add_argument("--views", type=int, help="cached augmented views per training image (default: one per epoch)")
     g.add_argument("--results", help="results store folder (default $BENCH_RESULTS or results/runs)")
 

@@ -25,7 +25,11 @@ def prompt_name(classname: str) -> str:
 
 @dataclass
 class TrainData:
-    """A few-shot training set as cached, frozen image features (never images)."""
+    """A few-shot training set as cached, frozen image features (never images).
+
+    The harness hands every tensor here (and the features passed to :meth:`Method.logits`) on the run's device,
+    ``ctx.device``: a method can combine them with the backbone's outputs without moving anything.
+    """
 
     labels: torch.Tensor                          # (N,) int64, 0..n_classes-1
     view: Callable[[int], torch.Tensor]           # v -> (N, D) float32 features of augmented view v (not normalised)
@@ -36,7 +40,13 @@ class TrainData:
 
 
 class Checkpointer:
-    """Training-state checkpoints for resuming (SLURM preemption). The default keeps nothing."""
+    """Training-state checkpoints for resuming (SLURM preemption). The default keeps nothing.
+
+    ``every_steps`` / ``every_s``: also save within epochs, every that many steps / seconds (0: not).
+    """
+
+    every_steps: int = 0
+    every_s: float = 0.0
 
     def load(self) -> dict | None:
         return None

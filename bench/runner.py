@@ -23,6 +23,7 @@ from bench.features import FeatureCache
 from bench.method import Checkpointer, Context, TrainData, Unsupported
 from bench.paths import repo_root
 from bench.store import Store, config_hash
+from bench.train import deterministic_cuda
 
 _BACKBONES: dict = {}
 _CACHES: dict = {}
@@ -71,7 +72,7 @@ def metrics(logits: torch.Tensor, labels: torch.Tensor, classnames: list[str]) -
     }
 
 
-def environment() -> dict:
+def environment(device: str | None = None) -> dict:
     import importlib.metadata as md
 
     versions = {}
@@ -87,7 +88,11 @@ def environment() -> dict:
                                     capture_output=True, text=True, timeout=5).stdout.strip())
     except (OSError, subprocess.SubprocessError):
         commit, dirty = None, None
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})"
+    device = str(device or default_device())
+    if device.startswith("cuda") and torch.cuda.is_available():
+        device = torch.cuda.get_device_name(torch.device(device))  # the run's device, not device 0
+    else:
+        device = f"cpu ({platform.processor() or platform.machine()})"
     return {
         "python": platform.python_version(),
         "packages": versions,
@@ -104,7 +109,7 @@ def environment() -> dict:
 def _peak_memory_mb(device: str) -> dict:
     out = {"host_max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
     if device.startswith("cuda"):
-        out["gpu_peak_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        out["gpu_peak_allocated_mb"] = torch.cuda.max_memory_allocated(torch.device(device)) / 2**20
     return out
 
 
@@ -131,15 +136,16 @@ def build_train_data(config: dict, backbone, cache: FeatureCache, data_root):
     train, val, _, names = subsample_classes(sample["train"], sample["val"], [], tr["classes"])
     root = splits.root
     paths = [it.path for it in train]
-    labels = torch.tensor([it.label for it in train], dtype=torch.long)
+    dev = backbone.device  # every tensor of TrainData lives on the run's device (as the features given to logits)
+    labels = torch.tensor([it.label for it in train], dtype=torch.long, device=dev)
     n_views = int(config.get("views") or 1)
     data = TrainData(
         labels=labels,
-        view=lambda v: cache.get(root, paths, "train", v % n_views),
+        view=lambda v: cache.get(root, paths, "train", v % n_views).to(dev),
         n_views=n_views,
-        eval_features=cache.get(root, paths, "eval"),
-        val_features=cache.get(root, [it.path for it in val], "eval") if val else None,
-        val_labels=torch.tensor([it.label for it in val], dtype=torch.long) if val else None,
+        eval_features=cache.get(root, paths, "eval").to(dev),
+        val_features=cache.get(root, [it.path for it in val], "eval").to(dev) if val else None,
+        val_labels=torch.tensor([it.label for it in val], dtype=torch.long, device=dev) if val else None,
     )
     return data, names
 
@@ -169,9 +175,10 @@ def execute(config: dict, store: Store | None = None, checkpointer: Checkpointer
         raise BenchError("no data root: pass --data-root DIR (or set BENCH_DATA)")
     cls = get_method(config["method"])
     t0 = time.time()
+    determinism = deterministic_cuda() if str(device or default_device()).startswith("cuda") else None
     backbone, cache = get_backbone(config["backbone"], config.get("precision", "auto"), device)
     if backbone.device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.reset_peak_memory_stats(torch.device(backbone.device))
     tr = config["train"]
     spec = get_spec(tr["dataset"])
     set_seed(tr["seed"])
@@ -211,10 +218,11 @@ def execute(config: dict, store: Store | None = None, checkpointer: Checkpointer
         "metrics": evaluations,
         "train_stats": stats,
         "templates": getattr(method, "template_info", lambda: {"template": spec.template})(),
-        "backbone_resolved": {"arch": backbone.arch, "identity": backbone.identity},
+        "backbone_resolved": {"arch": backbone.arch, "identity": backbone.identity, "precision": backbone.precision,
+                              "device": backbone.device, "deterministic": determinism},
         "time": {"total_s": time.time() - t0, "train_s": train_time, "eval_s": time.time() - t_eval},
         "memory": _peak_memory_mb(backbone.device),
-        "environment": environment(),
+        "environment": environment(backbone.device),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     store.write(result)

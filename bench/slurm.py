@@ -7,9 +7,12 @@ several per task, long ones alone) and submitted as one ``sbatch --array`` per c
 
 Each array task runs :class:`RunTask` (a ``submitit.helpers.Checkpointable``): its runs one after the other through
 :func:`bench.runner.execute` with a :class:`FileCheckpointer` (training state in ``<result>.ckpt.pt`` beside the
-result file, written every ``checkpoint_every`` epochs, removed once the result is written).  On preemption or time
-limit SLURM sends USR2, submitit calls ``RunTask.checkpoint`` and requeues the task; the requeued task skips its
-completed runs (the store has them) and resumes the interrupted one from its checkpoint.
+result file, written every ``checkpoint_every`` epochs, every ``checkpoint_every_steps`` steps /
+``checkpoint_every_min`` minutes within epochs, and at the end of training; removed once the result is written).
+On preemption or time limit SLURM sends USR2; while a run trains, the signal is held until the current step ends
+and the training state is saved (:data:`bench.train.STOP`), then submitit calls ``RunTask.checkpoint`` and
+requeues the task; the requeued task skips its completed runs (the store has them) and resumes the interrupted
+one, mid-epoch if need be, from its checkpoint.
 
 Job ids are recorded per run hash in ``<store>.slurm/registry.json`` (next to the store), so :func:`run_states`
 can tell done / pending / running / failed / missing for ``bench status``, with the failing task's log tail.
@@ -56,7 +59,10 @@ PROFILE_KEYS: dict[str, tuple[object, str]] = {
     "time": (60, "time limit per array task: minutes, or H:MM:SS, or D-HH:MM:SS"),
     "array_parallelism": (64, "at most this many tasks of an array run at once (--array=0-N%P)"),
     "max_array_size": (1000, "split submissions into arrays of at most this many tasks (the cluster's MaxArraySize)"),
-    "checkpoint_every": (10, "epochs between training-state checkpoints (0: never)"),
+    "checkpoint_every": (10, "epochs between training-state checkpoints (0: none by epoch; the end of training and "
+                             "a preemption always save)"),
+    "checkpoint_every_steps": (0, "also save within epochs every this many training steps (0: not by steps)"),
+    "checkpoint_every_min": (30, "also save within epochs every this many minutes (0: not by time)"),
     "pack_size": (16, "at most this many short runs per array task (1: one run per task)"),
     "pack_max_cost": (20000, "a run is short when it does not train, is a linear probe, or epochs*shots*classes is "
                              "at most this"),
@@ -69,7 +75,8 @@ PROFILE_KEYS: dict[str, tuple[object, str]] = {
     "srun_args": ([], "extra arguments of the srun line that starts the task"),
     "python": (None, "interpreter the jobs run (default: the one running bench, sys.executable)"),
     "folder": (None, "log folder root (default: <store>.slurm next to the results store)"),
-    "device": (None, "device for the runs (default: cuda when the job sees a GPU, else cpu)"),
+    "device": (None, "device for the runs (default: cuda when the profile asks for GPUs, else cuda when the job "
+                     "sees a GPU, else cpu)"),
 }
 
 
@@ -169,8 +176,13 @@ def _validate(prof: dict) -> dict:
         prof[k] = v
 
     for k, lo in (("gpus", 0), ("cpus", 1), ("array_parallelism", 1), ("max_array_size", 1), ("checkpoint_every", 0),
-                  ("pack_size", 1), ("signal_delay_s", 0), ("max_timeouts", 0)):
+                  ("checkpoint_every_steps", 0), ("pack_size", 1), ("signal_delay_s", 0), ("max_timeouts", 0)):
         int_key(k, lo)
+    try:
+        prof["checkpoint_every_min"] = float(prof["checkpoint_every_min"] or 0)
+    except (TypeError, ValueError):
+        raise BenchError(f"SLURM profile key checkpoint_every_min must be a number of minutes, not "
+                         f"{prof['checkpoint_every_min']!r}") from None
     prof["pack_max_cost"] = float(prof["pack_max_cost"] or 0)
     prof["time_min"] = parse_time_min(prof["time"])
     if prof["mem_gb"] is not None:
@@ -279,10 +291,13 @@ def checkpoint_path(store: Store, config: dict) -> Path:
 
 
 class FileCheckpointer:
-    """Training state in one file, replaced atomically (temporary file + fsync + ``os.replace``)."""
+    """Training state in one file, replaced atomically (temporary file + fsync + ``os.replace``); also saved within
+    epochs every ``every_steps`` steps / ``every_s`` seconds (0: not)."""
 
-    def __init__(self, path: Path | str):
+    def __init__(self, path: Path | str, every_steps: int = 0, every_s: float = 0.0):
         self.path = Path(path)
+        self.every_steps = int(every_steps or 0)
+        self.every_s = float(every_s or 0)
 
     def load(self) -> dict | None:
         import torch
@@ -290,7 +305,7 @@ class FileCheckpointer:
         if not self.path.exists():
             return None
         try:
-            return torch.load(self.path, map_location="cpu", weights_only=False)
+            return torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - a checkpoint only saves time: start the run over
             log.info(f"checkpoint {self.path} unreadable ({type(e).__name__}: {e}); starting the run from epoch 0")
             self.clear()
@@ -333,6 +348,43 @@ def _requeue_immune_to_sigterm(env, countdown: int) -> None:
     log.info(f"Requeued job {jid} ({countdown} remaining timeouts)")
 
 
+def wants_gpu(prof: dict) -> bool:
+    """Whether the profile asks SLURM for GPUs (``gpus`` > 0, or a ``gres`` naming gpu)."""
+    return bool(prof.get("gpus")) or "gpu" in str(prof.get("gres") or "").lower()
+
+
+def _cuda_missing() -> str | None:
+    """Why this process cannot use CUDA (one line), or None when it can."""
+    import torch
+
+    if torch.cuda.is_available():
+        return None
+    why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA device visible"
+    return (f"the SLURM profile asks for GPUs but the task on {os.uname().nodename} has none ({why}; "
+            f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): not running on CPU")
+
+
+def _defer_preemption_signal() -> None:
+    """submitit's USR2 handler (checkpoint, requeue, exit) runs wherever the main thread is, mid-step included.
+    While a training loop runs, hold it (``bench.train.STOP``) until the loop has reached a step boundary and
+    saved its state; outside training run it at once."""
+    import signal
+
+    from bench.train import STOP
+
+    for sig in (signal.SIGUSR1, signal.SIGUSR2):
+        original = signal.getsignal(sig)
+        if getattr(original, "__name__", "") != "checkpoint_and_try_requeue":
+            continue
+
+        def handler(signum, frame, original=original):
+            if not STOP.defer(lambda: original(signum, frame)):
+                original(signum, frame)
+
+        handler.__name__ = "bench_deferred_checkpoint_and_try_requeue"
+        signal.signal(sig, handler)
+
+
 def _install_requeue_fix() -> None:
     if submitit is None or os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
         return
@@ -361,26 +413,36 @@ class RunTask(Checkpointable):
         global _STOPPING
         _STOPPING = False
         _install_requeue_fix()
+        _defer_preemption_signal()
         store = Store(payload["store"])
         configs = payload["configs"]
         every = int(payload.get("checkpoint_every") or 0)
+        every_steps = int(payload.get("checkpoint_every_steps") or 0)
+        every_s = 60.0 * float(payload.get("checkpoint_every_min") or 0)
+        no_cuda = _cuda_missing() if payload.get("require_cuda") else None
         env = {k: os.environ.get(k) for k in ("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_ID",
                                               "SLURM_RESTART_COUNT")}
         task = (f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}" if env["SLURM_ARRAY_JOB_ID"]
                 else env["SLURM_JOB_ID"] or f"pid {os.getpid()}")
         log.info(f"task {task} (job {env['SLURM_JOB_ID']}, restart {env['SLURM_RESTART_COUNT'] or 0}) on "
                  f"{os.uname().nodename}: {len(configs)} run(s), "
-                 f"store {store.root}, checkpoint every {every} epoch(s)")
+                 f"store {store.root}, checkpoint every {every} epoch(s)"
+                 + (f", {every_steps} step(s)" if every_steps else "") + (f", {every_s / 60:g} min" if every_s else ""))
         summary = {"done": [], "skipped": [], "failed": []}
         for i, config in enumerate(configs, 1):
             h = config_hash(config)
             tr = config["train"]
             what = f"run {i}/{len(configs)} {config['label']} {tr['dataset']} shots={tr['shots']} seed={tr['seed']} [{h}]"
-            ckpt = FileCheckpointer(checkpoint_path(store, config))
+            ckpt = FileCheckpointer(checkpoint_path(store, config), every_steps, every_s)
             if store.is_complete(config):
                 ckpt.clear()
                 summary["skipped"].append(h)
                 log.info(f"{what}: already complete")
+                continue
+            if no_cuda:
+                store.write_failure(config, no_cuda, {"slurm": {k: v for k, v in env.items() if v}})
+                summary["failed"].append(h)
+                log.info(f"{what}: FAILED: {no_cuda}")
                 continue
             log.info(f"{what}: start")
             t0 = time.time()
@@ -588,6 +650,17 @@ def _register(store: Store, tasks: list[list[dict]], jobs: list, folder: Path, p
         write_json_atomic(path, reg)
 
 
+def task_payload(configs: list[dict], store: Store, prof: dict) -> dict:
+    """What one array task gets: its runs, the store, the checkpoint policy and the device (cuda, required, when
+    the profile asks for GPUs: a task that lands without one fails its runs instead of training on the CPU)."""
+    gpu = wants_gpu(prof)
+    return {"configs": configs, "store": str(store.root), "checkpoint_every": prof["checkpoint_every"],
+            "checkpoint_every_steps": prof["checkpoint_every_steps"],
+            "checkpoint_every_min": prof["checkpoint_every_min"],
+            "device": prof["device"] or ("cuda" if gpu else None),
+            "require_cuda": gpu and not str(prof["device"] or "").startswith("cpu")}
+
+
 def make_executor(folder: Path, prof: dict):
     if submitit is None:  # pragma: no cover
         raise BenchError("submitit is not installed: pip install submitit")
@@ -625,8 +698,7 @@ def submit(grid: list[dict], store: Store, prof: dict, out=print) -> dict:
         folder = folder.with_name(folder.name.split(".")[0] + f".{n}")
     folder.mkdir(parents=True)
     ex = make_executor(folder, prof)
-    payloads = [{"configs": t, "store": str(store.root), "checkpoint_every": prof["checkpoint_every"],
-                 "device": prof["device"]} for t in tasks]
+    payloads = [task_payload(t, store, prof) for t in tasks]
     jobs = []
     size = prof["max_array_size"]
     for i in range(0, len(payloads), size):
