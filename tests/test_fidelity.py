@@ -116,3 +116,42 @@ def test_context_switches_template_only_inside_an_evaluation():
         assert ctx.template == "a centered satellite photo of {}."
     assert (ctx.eval_dataset, ctx.template, ctx.kgcoop_template) == (None, "a photo of a {}.", "a photo of a {}.")
     assert ctx.template_for("dtd") == "{} texture."
+
+
+# --------------------------------------------------------------------------------------------- KgCoOp defaults
+
+# protocol, dataset, shots -> (batch size, epochs, lr, kg_weight W, n_ctx, ctx_init); sources (KgCoOp repository at
+# c43ccc3, under KgCoOp/, and its issues):
+#   fewshot:  batch 32 = the author's answer in issue #4 (for scripts/xd_train.sh, which also trains ImageNet, l.17);
+#             epochs 100 = configs/trainers/KgCoOp/vit_b16_ep100_ctxv1.yaml l.18
+#   base2new: batch 128 = that yaml l.3; epochs 100 = l.18 and scripts/base2new_test.sh l.17 (LOADEP=100)
+#   domain_shift / cross_dataset (ImageNet): epochs 25 = the author's script in issue #8 (--load-epoch 25);
+#             batch 32 = issue #4 (that run's folder has xd_train.sh's layout)
+#   all: lr 0.002 = yaml l.17; W 8.0 = scripts/run.sh l.2-11, xd_train.sh l.8; n_ctx 4 = base2new_train.sh l.13,
+#        xd_train.sh l.11; init "a photo of a" = trainers/kgcoop.py l.94-98 (CTX_INIT: True, yaml l.33)
+KGCOOP_TABLE = [
+    ("fewshot", "dtd", 1, (32, 100, 0.002, 8.0, 4, "a photo of a")),
+    ("fewshot", "dtd", 4, (32, 100, 0.002, 8.0, 4, "a photo of a")),
+    ("fewshot", "imagenet", 16, (32, 100, 0.002, 8.0, 4, "a photo of a")),
+    ("base2new", "eurosat", 16, (128, 100, 0.002, 8.0, 4, "a photo of a")),
+    ("base2new", "imagenet", 16, (128, 100, 0.002, 8.0, 4, "a photo of a")),
+    ("domain_shift", "imagenet", 16, (32, 25, 0.002, 8.0, 4, "a photo of a")),
+    ("cross_dataset", "imagenet", 16, (32, 25, 0.002, 8.0, 4, "a photo of a")),
+]
+
+
+@pytest.mark.parametrize("protocol,dataset,shots,expected", KGCOOP_TABLE)
+def test_kgcoop_defaults_per_protocol_follow_the_authors_sources(protocol, dataset, shots, expected):
+    from bench.registry import get_method
+
+    hp = get_method("kgcoop").default_hparams(protocol, dataset, shots)
+    assert (hp["batch_size"], hp["epochs"], hp["lr"], hp["kg_weight"], hp["n_ctx"], hp["ctx_init"]) == expected
+    assert (hp["class_token_position"], hp["momentum"], hp["weight_decay"], hp["warmup_epochs"],
+            hp["warmup_lr"]) == ("end", 0.9, 5e-4, 1, 1e-5)
+
+
+def test_kgcoop_docstring_cites_each_source():
+    from methods import kgcoop
+
+    for needle in ("issue #4", "issue #8", "vit_b16_ep100_ctxv1.yaml", "base2new_test.sh", "run.sh", "xd_train.sh"):
+        assert needle in kgcoop.__doc__
