@@ -34,6 +34,10 @@ class TrainData:
     eval_features: torch.Tensor                   # (N, D) features under the test transform (no augmentation)
     val_features: torch.Tensor | None = None      # few-shot validation split, test transform
     val_labels: torch.Tensor | None = None
+    # (per_class, seed) -> (features, labels) of up to per_class seeded picks per class from the TEST split (test
+    # transform).  Only for reproducing reference code that tunes on test images (lpclip's C search on ImageNet,
+    # whose only "val" is its test set): a method using it must record that in its result.
+    draw_test: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 class Checkpointer:

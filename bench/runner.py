@@ -140,8 +140,22 @@ def build_train_data(config: dict, backbone, cache: FeatureCache, data_root):
         eval_features=cache.get(root, paths, "eval"),
         val_features=cache.get(root, [it.path for it in val], "eval") if val else None,
         val_labels=torch.tensor([it.label for it in val], dtype=torch.long) if val else None,
+        draw_test=lambda per_class, seed: _draw_test(cache, data_root, tr["dataset"], tr["classes"], per_class, seed),
     )
     return data, names
+
+
+def _draw_test(cache: FeatureCache, data_root, dataset: str, classes: str, per_class: int, seed: int):
+    """Up to ``per_class`` seeded picks per class of the test split: (features, labels) (see TrainData.draw_test)."""
+    root, items, _ = _split_for(data_root, dataset, classes)
+    rng = np.random.default_rng(int(seed))
+    labels = np.array([it.label for it in items])
+    picks = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        picks += sorted(rng.choice(idx, size=min(int(per_class), len(idx)), replace=False).tolist())
+    chosen = [items[i] for i in picks]
+    return cache.get(root, [it.path for it in chosen], "eval"), torch.tensor([it.label for it in chosen])
 
 
 def label_space(config: dict, data_root) -> list[str]:
