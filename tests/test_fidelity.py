@@ -201,3 +201,21 @@ def test_linear_probe_reference_c_search_on_test_images_is_explicit_recorded_and
     assert "| linear_probe[c_search_without_val=test] § |" in out
     assert "| linear_probe |" in out  # the honest default is not flagged
     assert "§ linear_probe[c_search_without_val=test]: C searched on images of the test split" in out
+
+
+# --------------------------------------------------------------------------------------------- citation labels
+
+
+def test_cocoop_tables_are_cited_by_their_numbers():
+    """CoCoOp paper: Table 1 base-to-new, Table 2 cross-dataset transfer, Table 3 domain generalisation."""
+    import csv
+
+    ref = repo_root() / "results" / "reference"
+    rows = {name: list(csv.DictReader((ref / f"{name}.csv").open(encoding="utf-8")))
+            for name in ("domain_shift", "cross_dataset")}
+    cocoop = {name: {r["source"] for r in rs if r["source"].startswith("CoCoOp paper")} for name, rs in rows.items()}
+    assert cocoop["domain_shift"] == {"CoCoOp paper (CVPR 2022) Table 3"}
+    assert cocoop["cross_dataset"] == {"CoCoOp paper (CVPR 2022) Table 2"}
+    assert {r["table"] for r in rows["domain_shift"]} == {"cocoop_table3", "coop_table1"}
+    readme = (ref / "README.md").read_text(encoding="utf-8")
+    assert "cocoop_table2" not in readme and "Table 3; `table=cocoop_table3`" in readme
