@@ -135,7 +135,7 @@ class Method:
 
     @classmethod
     def default_hparams(cls, protocol: str, dataset: str, shots: int) -> dict:
-        """The reference hyperparameters for this protocol / dataset / shot count (PROTOCOL.md)."""
+        """The reference hyperparameters for this protocol / dataset / shot count (docs/protocol.md §7)."""
         return {}
 
     def __init__(self, ctx: Context):

@@ -5,7 +5,7 @@ Nothing here runs anything: it reads the store's result JSONs (one per run) and 
 * :func:`tidy` -- one row per (run, eval): protocol, label, method, backbone, train dataset, eval dataset,
   classes, shots, seed, top1, macro-F1, per-class mean, n_test.
 * :func:`aggregate` -- mean and population std (ddof = 0) over the expected seeds of the *unrounded*
-  accuracies (PROTOCOL.md §5). A cell with fewer seeds than expected is flagged as incomplete, never averaged.
+  accuracies (docs/protocol.md §9). A cell with fewer seeds than expected is flagged as incomplete, never averaged.
 * :func:`build_tables` -- one table per protocol (and backbone / source): few-shot (method x shots by
   dataset + Average), base-to-new (Base / New / H per dataset and the average row with H of the averaged
   B and N), domain shift (source, targets, target average), cross-dataset (source, targets, average of
@@ -34,7 +34,7 @@ METHOD_ORDER = ("zeroshot", "linear_probe", "coop", "cocoop", "kgcoop", "maple")
 STATUS_MARKS = {"RECALLED": "†", "DERIVED": "‡"}
 STATUS_NOTES = {
     "RECALLED": "† RECALLED: the paper's number as commonly quoted, not seen verbatim in a repository file "
-                "(PROTOCOL.md §6); check it against the PDF.",
+                "(results/reference/README.md); check it against the PDF.",
     "DERIVED": "‡ DERIVED: computed here from VERBATIM numbers (e.g. the mean of the author's per-seed values).",
 }
 
@@ -445,7 +445,7 @@ def _base2new_table(a, labels, dsets, q, proto) -> Table:
     for rows in blocks.values():
         t.rows += rows
     t.notes.append("H = 2BN/(B+N) of the seed means; the average row's H is H of the averaged B and N "
-                   "(PROTOCOL.md §5)")
+                   "(docs/protocol.md §9)")
     return t
 
 

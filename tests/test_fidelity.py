@@ -219,3 +219,52 @@ def test_cocoop_tables_are_cited_by_their_numbers():
     assert {r["table"] for r in rows["domain_shift"]} == {"cocoop_table3", "coop_table1"}
     readme = (ref / "README.md").read_text(encoding="utf-8")
     assert "cocoop_table2" not in readme and "Table 3; `table=cocoop_table3`" in readme
+
+
+# --------------------------------------------------------------------------------------------- self-contained repository
+
+# Built from pieces so that this file does not match itself.
+OUTSIDE = ["../" + "shared", "/work/" + "shared", "PROTOCOL" + ".md", "PERFORMANCE" + ".md", "DESIGN" + ".md",
+           "ECOSYSTEM" + ".md"]
+
+
+def _tracked_files() -> list[Path]:
+    root = repo_root()
+    try:
+        out = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, check=True, timeout=30).stdout
+        names = [n for n in out.decode().split("\0") if n]
+    except (OSError, subprocess.SubprocessError):  # not a checkout (installed package): the package's own files
+        names = [str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and ".git" not in p.parts]
+    return [root / n for n in names]
+
+
+def test_no_file_refers_outside_the_repository():
+    hits = []
+    for path in _tracked_files():
+        if not path.is_file() or path.suffix in (".png", ".pdf", ".jpg", ".pt"):
+            continue
+        text = path.read_text(encoding="utf-8", errors="ignore")
+        hits += [f"{path.relative_to(repo_root())}: {needle}" for needle in OUTSIDE if needle in text]
+    assert hits == []
+
+
+def test_docs_licence_and_citations_are_in_the_repository():
+    import yaml
+
+    root = repo_root()
+    protocol = (root / "docs" / "protocol.md").read_text(encoding="utf-8")
+    for key in ("radford2021clip", "zhou2022coop", "zhou2022cocoop", "yao2023kgcoop", "jia2022vpt",
+                "khattak2023maple", "khattak2023promptsrc", "clip_prompt_bench"):
+        assert f"{{{key}," in protocol
+    datasets = (root / "docs" / "datasets.md").read_text(encoding="utf-8")
+    from bench.data import list_specs
+
+    for spec in list_specs():
+        if spec.group in ("coop11", "imagenet_variant"):
+            assert f"`{spec.key}`" in datasets and f"{spec.dir}/" in datasets
+            if spec.split_file:
+                assert spec.split_file in datasets
+    assert "MIT License" in (root / "LICENSE").read_text(encoding="utf-8")
+    assert yaml.safe_load((root / "CITATION.cff").read_text(encoding="utf-8"))["license"] == "MIT"
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    assert "docs/protocol.md" in readme and "docs/datasets.md" in readme
