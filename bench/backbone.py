@@ -251,7 +251,7 @@ def _one_line(e: BaseException, limit: int = 300) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Transforms (PROTOCOL §4.1)
+# Transforms (docs/protocol.md §5)
 
 def _to_rgb(image):
     return image.convert("RGB")

@@ -1,6 +1,6 @@
 """Datasets: specs (``datasets/*.yaml``), CoOp on-disk layouts, class names, few-shot samples, base/new.
 
-Everything here follows PROTOCOL.md §1-§2 and "Decisions" 1:
+Everything here follows docs/protocol.md §1-§3 (and §10 for the deliberate differences):
 
 * A :class:`DatasetSpec` is read from ``datasets/<key>.yaml`` (data, not code). ``list_specs`` reads every
   YAML file there; ``get_spec`` finds one by key (or by its reference / display name).
@@ -11,7 +11,7 @@ Everything here follows PROTOCOL.md §1-§2 and "Decisions" 1:
     allowed (test-only variants, e.g. the miniature world's domain-shift sets).
   - ``imagenet``: ``images/{train,val}/<wnid>/`` + ``classnames.txt``; label = index of the wnid in the
     SORTED list of train folders; test = the val folder and val = test. The reference lists the images of a
-    folder with unsorted ``os.listdir``; this suite lists them sorted (portable; PROTOCOL Decision 1).
+    folder with unsorted ``os.listdir``; this suite lists them sorted (portable; docs/protocol.md §10).
   - ``fgvc_aircraft``: ``variants.txt`` + ``images_variant_{train,val,test}.txt`` (``imid variant name...``).
   - ``imagenet_variant``: V2 (folders ``0..N-1`` = label, names in classnames.txt order) or Sketch/A/R
     (sorted wnid folders labelled ``0..n-1``, names looked up by wnid; files such as README.txt ignored).
@@ -94,7 +94,7 @@ class DatasetSpec:
     display_name: str             # table name, e.g. "DTD", "Flowers102"
     dir: str                      # folder under the data root, e.g. "caltech-101"
     loader: str                   # split_json | imagenet | fgvc_aircraft | imagenet_variant
-    template: str                 # CoOp zero-shot CUSTOM_TEMPLATES entry (PROTOCOL §3.1)
+    template: str                 # CoOp zero-shot CUSTOM_TEMPLATES entry (docs/protocol.md §4)
     kgcoop_template: str          # KgCoOp kgcoop.py CUSTOM_TEMPLATES entry (§3.3)
     group: str                    # coop11 | imagenet_variant | mini | mini_variant
     num_classes: int              # of the real (released) dataset
@@ -676,7 +676,7 @@ class ClassSubset(NamedTuple):
 
 def subsample_classes(train: Sequence[Item] | Splits, val: Sequence[Item] | None = None,
                       test: Sequence[Item] | None = None, which: str = "all") -> ClassSubset:
-    """Base-to-new class split (reference ``OxfordPets.subsample_classes``, PROTOCOL §2.3).
+    """Base-to-new class split (reference ``OxfordPets.subsample_classes``, docs/protocol.md §3).
 
     The label set comes from ``train`` (the few-shot sample; if train is empty, from val+test), sorted;
     m = ceil(n/2); ``base`` keeps the m lowest labels, ``new`` the rest; kept labels are remapped to

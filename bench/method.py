@@ -9,6 +9,7 @@ against any list of class names (the training classes, the new classes of base-t
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
@@ -37,6 +38,10 @@ class TrainData:
     eval_features: torch.Tensor                   # (N, D) features under the test transform (no augmentation)
     val_features: torch.Tensor | None = None      # few-shot validation split, test transform
     val_labels: torch.Tensor | None = None
+    # (per_class, seed) -> (features, labels) of up to per_class seeded picks per class from the TEST split (test
+    # transform).  Only for reproducing reference code that tunes on test images (lpclip's C search on ImageNet,
+    # whose only "val" is its test set): a method using it must record that in its result.
+    draw_test: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 class Checkpointer:
@@ -60,10 +65,19 @@ class Checkpointer:
 
 @dataclass
 class Context:
+    """What a method gets from the harness.
+
+    ``template`` is the hand-crafted template of the dataset at hand: the training dataset's while the method is
+    built and fitted, and the *evaluated* dataset's inside each evaluation (the runner wraps every ``logits`` call
+    in :meth:`evaluating`), so a method scoring with a hand-crafted prompt uses the right one on every target of
+    cross-dataset transfer (DTD: "{} texture.") without knowing about protocols.  ``eval_dataset`` names the
+    evaluated dataset (None while training); :meth:`template_for` looks up any dataset's template.
+    """
+
     backbone: Any                                 # bench.backbone.Backbone (frozen, eval mode)
     classnames: list[str]                         # training label space, index = label
-    template: str                                 # the dataset's CoOp hand-crafted template, e.g. "a photo of a {}."
-    kgcoop_template: str                          # the template KgCoOp uses for its w_clip targets
+    template: str                                 # CoOp hand-crafted template of the dataset at hand (see above)
+    kgcoop_template: str                          # the training dataset's template for KgCoOp's w_clip targets
     dataset: str
     hparams: dict
     seed: int | None = None
@@ -71,10 +85,33 @@ class Context:
     checkpointer: Checkpointer = field(default_factory=Checkpointer)
     checkpoint_every: int = 0                     # epochs between training-state checkpoints (0: never)
     log: Callable[[str], None] = print
+    templates: dict = field(default_factory=dict)  # dataset key -> its hand-crafted template (filled by the runner)
+    eval_dataset: str | None = None               # the dataset being evaluated (set by :meth:`evaluating`)
+
+    def __post_init__(self):
+        self.templates = {self.dataset: self.template, **self.templates}
 
     @property
     def device(self):
         return self.backbone.device
+
+    def template_for(self, dataset: str) -> str:
+        """The hand-crafted template of ``dataset`` (its spec's ``template``)."""
+        if dataset not in self.templates:
+            from bench.data import get_spec
+
+            self.templates[dataset] = get_spec(dataset).template
+        return self.templates[dataset]
+
+    @contextmanager
+    def evaluating(self, dataset: str):
+        """Inside: ``eval_dataset = dataset`` and ``template`` = that dataset's template; restored on exit."""
+        saved = (self.eval_dataset, self.template)
+        self.eval_dataset, self.template = dataset, self.template_for(dataset)
+        try:
+            yield self
+        finally:
+            self.eval_dataset, self.template = saved
 
 
 _TEXT_CACHE: dict = {}
@@ -108,7 +145,7 @@ class Method:
 
     @classmethod
     def default_hparams(cls, protocol: str, dataset: str, shots: int) -> dict:
-        """The reference hyperparameters for this protocol / dataset / shot count (PROTOCOL.md)."""
+        """The reference hyperparameters for this protocol / dataset / shot count (docs/protocol.md §7)."""
         return {}
 
     def __init__(self, ctx: Context):

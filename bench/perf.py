@@ -1,4 +1,4 @@
-"""``bench perf``: measure the two exact-or-validated speed-ups of PERFORMANCE.md in one process.
+"""``bench perf``: measure the two exact-or-validated speed-ups (README, "Speed") in one process.
 
 (a) A CoOp training epoch on cached image features (bench.features.FeatureCache: the views are encoded once, the
     timed pass reads them back through a fresh cache object, as a new run would) versus the reference's loop,

@@ -5,7 +5,7 @@ Nothing here runs anything: it reads the store's result JSONs (one per run) and 
 * :func:`tidy` -- one row per (run, eval): protocol, label, method, backbone, train dataset, eval dataset,
   classes, shots, seed, top1, macro-F1, per-class mean, n_test.
 * :func:`aggregate` -- mean and population std (ddof = 0) over the expected seeds of the *unrounded*
-  accuracies (PROTOCOL.md §5). A cell with fewer seeds than expected is flagged as incomplete, never averaged.
+  accuracies (docs/protocol.md §9). A cell with fewer seeds than expected is flagged as incomplete, never averaged.
 * :func:`build_tables` -- one table per protocol (and backbone / source): few-shot (method x shots by
   dataset + Average), base-to-new (Base / New / H per dataset and the average row with H of the averaged
   B and N), domain shift (source, targets, target average), cross-dataset (source, targets, average of
@@ -34,15 +34,16 @@ METHOD_ORDER = ("zeroshot", "linear_probe", "coop", "cocoop", "kgcoop", "maple")
 STATUS_MARKS = {"RECALLED": "†", "DERIVED": "‡"}
 STATUS_NOTES = {
     "RECALLED": "† RECALLED: the paper's number as commonly quoted, not seen verbatim in a repository file "
-                "(PROTOCOL.md §6); check it against the PDF.",
+                "(results/reference/README.md); check it against the PDF.",
     "DERIVED": "‡ DERIVED: computed here from VERBATIM numbers (e.g. the mean of the author's per-seed values).",
 }
 
 FRAME_COLUMNS = [
     "protocol", "label", "method", "backbone", "weights", "train_dataset", "train_classes", "shots", "seed",
     "eval", "eval_dataset", "classes", "top1", "macro_f1", "per_class_mean", "n_test", "unsupported", "hash",
-    "finished_at",
+    "finished_at", "note",
 ]
+FLAG = "§"  # a label whose runs carry a method's table note (e.g. the linear probe's C searched on test images)
 KEY = ["backbone", "weights", "protocol", "label", "method", "train_dataset", "shots", "eval", "eval_dataset",
        "classes"]
 
@@ -92,6 +93,7 @@ def tidy(results: list[dict]):
                 "unsupported": m.get("unsupported"),
                 "hash": r.get("hash"),
                 "finished_at": r.get("finished_at") or "",
+                "note": (r.get("train_stats") or {}).get("table_note"),
             })
     df = pd.DataFrame(rows, columns=FRAME_COLUMNS)
     n = len(df)
@@ -375,9 +377,11 @@ def build_tables(df, q: Query) -> list[Table]:
                 t = _transfer_table(a, labels, src, q, proto)
                 t.title = f"{q.protocol} — {bb} — source {display_name(src)}"
                 parts.append(t)
+        noted = sub[(sub["backbone"] == arch) & (sub["weights"] == weights) & sub["note"].notna()]
         for t in parts:
             if refs is not None:
                 add_paper_rows(t, refs, q.protocol, arch, weights)
+            flag_noted_rows(t, noted.groupby("label")["note"].first().to_dict())
             t.mark_best()
             t.notes.insert(0, f"{q.metric} (%): mean ± population std (ddof=0) over seeds "
                               f"{','.join(map(str, seeds))}; zero-shot runs have no seed. "
@@ -390,6 +394,19 @@ def build_tables(df, q: Query) -> list[Table]:
                                "different config hash) were dropped, keeping the latest")
         tables += parts
     return tables
+
+
+def flag_noted_rows(t: Table, notes: dict) -> None:
+    """Mark result rows of labels whose runs carry a table note (``train_stats["table_note"]``) and say why."""
+    pos = -1 if t.protocol == "base2new" else 0
+    flagged = set()
+    for r in t.rows:
+        label = r.index[pos] if r.index else None
+        if r.kind == "result" and label in notes:
+            r.index = list(r.index)
+            r.index[pos] = f"{label} {FLAG}"
+            flagged.add(label)
+    t.notes += [f"{FLAG} {label}: {notes[label]}" for label in sorted(flagged)]
 
 
 def _fewshot_table(a, labels, dsets, q, proto) -> Table:
@@ -428,7 +445,7 @@ def _base2new_table(a, labels, dsets, q, proto) -> Table:
     for rows in blocks.values():
         t.rows += rows
     t.notes.append("H = 2BN/(B+N) of the seed means; the average row's H is H of the averaged B and N "
-                   "(PROTOCOL.md §5)")
+                   "(docs/protocol.md §9)")
     return t
 
 

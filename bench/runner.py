@@ -146,8 +146,22 @@ def build_train_data(config: dict, backbone, cache: FeatureCache, data_root):
         eval_features=cache.get(root, paths, "eval").to(dev),
         val_features=cache.get(root, [it.path for it in val], "eval").to(dev) if val else None,
         val_labels=torch.tensor([it.label for it in val], dtype=torch.long, device=dev) if val else None,
+        draw_test=lambda per_class, seed: _draw_test(cache, data_root, tr["dataset"], tr["classes"], per_class, seed),
     )
     return data, names
+
+
+def _draw_test(cache: FeatureCache, data_root, dataset: str, classes: str, per_class: int, seed: int):
+    """Up to ``per_class`` seeded picks per class of the test split: (features, labels) (see TrainData.draw_test)."""
+    root, items, _ = _split_for(data_root, dataset, classes)
+    rng = np.random.default_rng(int(seed))
+    labels = np.array([it.label for it in items])
+    picks = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        picks += sorted(rng.choice(idx, size=min(int(per_class), len(idx)), replace=False).tolist())
+    chosen = [items[i] for i in picks]
+    return cache.get(root, [it.path for it in chosen], "eval"), torch.tensor([it.label for it in chosen])
 
 
 def label_space(config: dict, data_root) -> list[str]:
@@ -189,8 +203,10 @@ def execute(config: dict, store: Store | None = None, checkpointer: Checkpointer
     ctx = Context(backbone=backbone, classnames=classnames, template=spec.template,
                   kgcoop_template=spec.kgcoop_template, dataset=tr["dataset"], hparams=dict(config["hparams"]),
                   seed=tr["seed"], protocol=config["protocol"], checkpointer=checkpointer or Checkpointer(),
-                  checkpoint_every=checkpoint_every, log=log.info)
+                  checkpoint_every=checkpoint_every, log=log.info,
+                  templates={d: get_spec(d).template for d in [tr["dataset"], *(e["dataset"] for e in config["evals"])]})
     method = cls(ctx)
+    describe = getattr(method, "template_info", lambda: {"template": ctx.template})
     set_seed(tr["seed"])
     t_fit = time.time()
     stats = method.fit(train) if train is not None else {}
@@ -202,13 +218,15 @@ def execute(config: dict, store: Store | None = None, checkpointer: Checkpointer
         root, items, names = _split_for(data_root, ev["dataset"], ev["classes"])
         feats = cache.get(root, [it.path for it in items], "eval")
         labels = torch.tensor([it.label for it in items], dtype=torch.long)
-        try:
-            with torch.no_grad():
-                logits = method.logits(feats.to(backbone.device), names)
-        except Unsupported as e:
-            evaluations[name] = {"top1": None, "unsupported": str(e), **ev}
-            continue
-        evaluations[name] = {**metrics(logits, labels, names), **ev}
+        with ctx.evaluating(ev["dataset"]):  # hand-crafted prompts: the evaluated dataset's template
+            used = describe()
+            try:
+                with torch.no_grad():
+                    logits = method.logits(feats.to(backbone.device), names)
+            except Unsupported as e:
+                evaluations[name] = {"top1": None, "unsupported": str(e), **ev, "templates": used}
+                continue
+        evaluations[name] = {**metrics(logits, labels, names), **ev, "templates": used}
         log.info(f"{config['label']} {tr['dataset']} shots={tr['shots']} seed={tr['seed']} -> {name}: "
                  f"top1 {evaluations[name]['top1']:.2f}%")
     result = {
@@ -217,7 +235,7 @@ def execute(config: dict, store: Store | None = None, checkpointer: Checkpointer
         "config": config,
         "metrics": evaluations,
         "train_stats": stats,
-        "templates": getattr(method, "template_info", lambda: {"template": spec.template})(),
+        "templates": describe(),  # as trained; each evaluation records the templates that scored it
         "backbone_resolved": {"arch": backbone.arch, "identity": backbone.identity, "precision": backbone.precision,
                               "device": backbone.device, "deterministic": determinism},
         "time": {"total_s": time.time() - t0, "train_s": train_time, "eval_s": time.time() - t_eval},

@@ -1,7 +1,7 @@
 """The reference optimisation recipe as plain functions (no trainer classes).
 
 SGD (lr, momentum 0.9, weight decay 5e-4), one epoch of constant warm-up at 1e-5, then cosine annealing stepped
-per epoch and shifted by one epoch (PROTOCOL.md §4.1), random batch order with ``drop_last`` exactly when the
+per epoch and shifted by one epoch (docs/protocol.md §6), random batch order with ``drop_last`` exactly when the
 set holds at least one batch.  Epoch ``e`` trains on cached augmented view ``e % n_views``.
 
 Checkpoints (through ``ctx.checkpointer``; the default one keeps nothing): every ``ctx.checkpoint_every`` epochs,

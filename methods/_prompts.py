@@ -1,4 +1,4 @@
-"""The CoOp-family prompt learner, shared by ``coop``, ``coop_csc``, ``cocoop`` and ``kgcoop`` (PROTOCOL §4.2–4.4).
+"""The CoOp-family prompt learner, shared by ``coop``, ``coop_csc``, ``cocoop`` and ``kgcoop`` (docs/protocol.md §7).
 
 A prompt for class ``c`` is the tokenised string ``"X X ... X <name>."`` (``end``), ``"X .. <name> X .. X."``
 (``middle``: ``n_ctx // 2`` X's before the name, the rest after) or ``"<name> X ... X."`` (``front``); the word
@@ -33,7 +33,7 @@ OPTIM_KEYS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "warmup_
 # --------------------------------------------------------------------------------------------- hyperparameters
 
 def optim_defaults(epochs: int, batch_size: int, lr: float = 0.002) -> dict:
-    """SGD + 1 epoch constant warm-up at 1e-5 + cosine (PROTOCOL §4.1)."""
+    """SGD + 1 epoch constant warm-up at 1e-5 + cosine (docs/protocol.md §6)."""
     return {"epochs": epochs, "batch_size": batch_size, "lr": lr, "momentum": 0.9, "weight_decay": 5e-4,
             "warmup_epochs": 1, "warmup_lr": 1e-5}
 
@@ -46,7 +46,7 @@ def coop_fewshot_epochs(dataset: str, shots: int) -> int:
 
 
 def coop_defaults(protocol: str, dataset: str, shots: int) -> dict:
-    """CoOp (unified or CSC) per protocol (PROTOCOL Decisions 2, §4.2)."""
+    """CoOp (unified or CSC) per protocol (docs/protocol.md §7)."""
     if protocol == "fewshot":
         prompt = {"n_ctx": 16, "ctx_init": "", "class_token_position": "end"}
         epochs = coop_fewshot_epochs(dataset, shots)

@@ -1,4 +1,4 @@
-"""CoCoOp (Zhou et al., CVPR 2022; PROTOCOL §4.3): CoOp's context plus an image-conditional shift.
+"""CoCoOp (Zhou et al., CVPR 2022; docs/protocol.md §7): CoOp's context plus an image-conditional shift.
 
 A meta-net ``Linear(E, E//16) -> ReLU -> Linear(E//16, D)`` maps the L2-normalised image feature x to π(x), added to
 every context token (v_m + π(x)), so each image gets its own prompts for all classes.  Defaults for every protocol:

@@ -1,7 +1,7 @@
-"""CoOp with a unified context (Zhou et al., IJCV 2022; PROTOCOL §4.2): learnable words "[V]_1..[V]_M <name>."
+"""CoOp with a unified context (Zhou et al., IJCV 2022; docs/protocol.md §7): learnable words "[V]_1..[V]_M <name>."
 shared by every class, trained with cross-entropy on logit_scale · cos(image, text); only the context learns.
 
-Defaults (PROTOCOL Decisions 2): few-shot: 16 random context vectors (std 0.02), class token at the end, batch 32,
+Defaults (docs/protocol.md §7): few-shot: 16 random context vectors (std 0.02), class token at the end, batch 32,
 lr 0.002, 50/100/100/200/200 epochs for 1/2/4/8/16 shots (50 on ImageNet); base-to-new, domain shift and
 cross-dataset: 4 vectors initialised from "a photo of a", 200 epochs (50 on ImageNet).  The learned context
 scores any class names (new classes, ImageNet-A/R's 200).

@@ -1,4 +1,4 @@
-"""CoOp with class-specific contexts (CSC; PROTOCOL §4.2): one (M, D) context per training class.
+"""CoOp with class-specific contexts (CSC; docs/protocol.md §7): one (M, D) context per training class.
 
 Same recipe and defaults as ``coop``.  A class-specific context exists only for the training classes, so it scores
 those classes or any subset of them by name (ImageNet-A/R's 200 classes) and raises ``Unsupported`` otherwise

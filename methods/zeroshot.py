@@ -1,7 +1,13 @@
-"""Zero-shot CLIP with the CoOp code's per-dataset hand-crafted prompt (PROTOCOL.md §3.1).
+"""Zero-shot CLIP with the CoOp code's per-dataset hand-crafted prompt (docs/protocol.md, "Hand-crafted prompts").
 
-``--set templates=ensemble`` gives CoOp's ``ZeroshotCLIP2``: the 7 selected ImageNet templates plus the dataset's
-own (for non-ImageNet datasets), features normalised per template, averaged, re-normalised (§3.2).
+Every evaluation is scored with the template of the dataset being evaluated (``ctx.template`` inside the runner's
+evaluation), so cross-dataset transfer scores DTD with "{} texture." and EuroSAT with
+"a centered satellite photo of {}.", as the reference's per-dataset zero-shot runs do.
+
+``--set templates=ensemble`` gives CoOp's ``ZeroshotCLIP2``: the 7 selected ImageNet templates plus the evaluated
+dataset's own for every dataset except ImageNet itself (its variants -V2/-Sketch/-A/-R do get theirs, as in the
+reference, which compares the dataset name with "ImageNet"); features normalised per template, averaged,
+re-normalised.
 """
 
 import torch.nn.functional as F
@@ -30,8 +36,10 @@ class ZeroShotCLIP(Method):
         return {"templates": "custom"}
 
     def templates(self) -> list[str]:
+        """The templates for the dataset at hand (the evaluated one during an evaluation)."""
         if self.hp.get("templates", "custom") == "ensemble":
-            extra = [] if self.ctx.dataset == "imagenet" else [self.ctx.template]
+            dataset = self.ctx.eval_dataset or self.ctx.dataset
+            extra = [] if dataset == "imagenet" else [self.ctx.template]
             return IMAGENET_TEMPLATES_SELECT + extra
         return [self.ctx.template]
 

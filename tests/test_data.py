@@ -19,7 +19,7 @@ COOP11 = ["imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flow
 VARIANTS = ["imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r"]
 ALL = COOP11 + VARIANTS
 
-# PROTOCOL §1.2 folder names, §3.1 CoOp templates
+# docs/datasets.md folder names, docs/protocol.md §4 CoOp templates
 DIRS = {"imagenet": "imagenet", "caltech101": "caltech-101", "oxford_pets": "oxford_pets",
         "stanford_cars": "stanford_cars", "oxford_flowers": "oxford_flowers", "food101": "food-101",
         "fgvc_aircraft": "fgvc_aircraft", "sun397": "sun397", "dtd": "dtd", "eurosat": "eurosat", "ucf101": "ucf101",

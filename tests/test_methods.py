@@ -432,8 +432,8 @@ def test_default_hparams_per_protocol():
     for p in ("fewshot", "base2new", "domain_shift", "cross_dataset"):
         cc = get_method("cocoop").default_hparams(p, "imagenet", 16)
         assert (cc["n_ctx"], cc["ctx_init"], cc["batch_size"], cc["epochs"], cc["lr"]) == (4, "a photo of a", 1, 10, 0.002)
-        kg = get_method("kgcoop").default_hparams(p, "dtd", 16)
-        assert (kg["n_ctx"], kg["ctx_init"], kg["batch_size"], kg["epochs"], kg["kg_weight"]) == (4, "a photo of a", 128, 100, 8.0)
+        kg = get_method("kgcoop").default_hparams(p, "dtd", 16)  # schedule per protocol: tests/test_fidelity.py
+        assert (kg["n_ctx"], kg["ctx_init"], kg["kg_weight"]) == (4, "a photo of a", 8.0)
     for name in TRAINED:
         hp = get_method(name).default_hparams("fewshot", "dtd", 16)
         assert (hp["momentum"], hp["weight_decay"], hp["warmup_epochs"], hp["warmup_lr"]) == (0.9, 5e-4, 1, 1e-5)
