@@ -128,9 +128,16 @@ def _create_model(name, tag, device, precision, force_quick_gelu):
 
 
 def _resolve_device(device) -> torch.device:
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise BenchError(f"unknown device {device!r} ({_one_line(e)}); e.g. --device cpu, cuda, cuda:1") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise BenchError(f"device '{device}' requested but CUDA is not available here (use --device cpu)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise BenchError(f"device '{device}' requested but only {torch.cuda.device_count()} CUDA device(s) here")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise BenchError(f"device '{device}' requested but MPS is not available here (use --device cpu)")
     return device
 
 

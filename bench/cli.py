@@ -42,7 +42,8 @@ def add_grid_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data-root", help="folder holding the datasets in CoOp's layout (default $BENCH_DATA)")
     g.add_argument("--precision", default="auto", help="auto (fp32 on CPU, mixed on GPU) | fp32 | amp | bf16 | fp16")
     g.add_argument("--views", type=int, help="cached augmented views per training image (default: one per epoch)")
-    g.add_argument("--results", help="results store folder (default $BENCH_RESULTS or results/runs)")
+    g.add_argument("--results", help="results store folder (default $BENCH_RESULTS, results/runs in a checkout, "
+                                     "else ~/.local/share/clip-prompt-bench/runs)")
 
 
 def _weights_id(pretrained: str | None) -> str:
@@ -126,7 +127,7 @@ def _store(args):
     return Store(args.results) if getattr(args, "results", None) else Store()
 
 
-def preflight(grid: list[dict], load_backbone: bool = True) -> None:
+def preflight(grid: list[dict], load_backbone: bool = True, device: str | None = None) -> None:
     """Fail fast, in one line, on data or weight problems before any run starts."""
     from bench.data import load_splits
     from bench.runner import get_backbone
@@ -140,7 +141,7 @@ def preflight(grid: list[dict], load_backbone: bool = True) -> None:
         load_splits(dataset, root)
     if load_backbone:
         for spec in {json.dumps(c["backbone"], sort_keys=True): c["backbone"] for c in grid}.values():
-            get_backbone(spec, grid[0].get("precision", "auto"))
+            get_backbone(spec, grid[0].get("precision", "auto"), device)
 
 
 def cmd_run(args) -> int:
@@ -158,13 +159,20 @@ def cmd_run(args) -> int:
                   f"-> {evals}")
         print(f"{len(grid)} runs, {len(grid) - len(todo)} done, {len(todo)} to run")
         return 0
-    preflight(grid, load_backbone=args.launcher == "local")
+    device = None
+    if args.device:
+        if args.launcher != "local":
+            raise BenchError("--device applies to local runs; SLURM tasks use their allocated GPU (or the CPU)")
+        from bench.backbone import _resolve_device
+
+        device = str(_resolve_device(args.device))
+    preflight(grid, load_backbone=args.launcher == "local", device=device)
     if args.launcher == "slurm":
         from bench.launch import launch_slurm
 
         launch_slurm(grid, store, args)
         return 0
-    summary = launch_local(grid, store)
+    summary = launch_local(grid, store, device=device)
     print(f"{summary['total']} runs: {summary['skipped']} already complete, {summary['ran']} ran, "
           f"{summary['failed']} failed; results in {store.root}")
     return 1 if summary["failed"] else 0
@@ -258,12 +266,16 @@ def cmd_data(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bench import __version__
+
     parser = argparse.ArgumentParser(prog="bench", description="CLIP prompt-learning benchmark suite")
+    parser.add_argument("--version", action="version", version=f"bench {__version__} (clip-prompt-bench)")
     sub = parser.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("run", help="run a protocol grid (only what is missing)")
     add_grid_args(p)
     p.add_argument("--dry-run", action="store_true", help="print the grid and what is already done")
+    p.add_argument("--device", help="cpu | cuda | cuda:1 | mps ... for local runs (default: cuda if available)")
     p.add_argument("--launcher", default="local", choices=["local", "slurm"])
     p.add_argument("--slurm-profile", help="YAML profile in slurm/ (partition, account, gpus, time, ...)")
     p.add_argument("--slurm", action="append", metavar="KEY=VALUE",

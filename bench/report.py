@@ -48,9 +48,10 @@ KEY = ["backbone", "weights", "protocol", "label", "method", "train_dataset", "s
 
 
 def reference_dir() -> Path:
-    from bench.paths import repo_root
+    """The published numbers: results/reference/ in a checkout, shipped inside the package when installed."""
+    from bench.paths import resource_dir
 
-    return repo_root() / "results" / "reference"
+    return resource_dir("reference")
 
 
 # ------------------------------------------------------------------------------------------ tidy frame

@@ -21,7 +21,7 @@ from bench import log
 from bench.errors import BenchError
 from bench.features import FeatureCache
 from bench.method import Checkpointer, Context, TrainData, Unsupported
-from bench.paths import repo_root
+from bench.paths import in_checkout, repo_root
 from bench.store import Store, config_hash
 
 _BACKBONES: dict = {}
@@ -81,6 +81,8 @@ def environment() -> dict:
         except md.PackageNotFoundError:
             versions[pkg] = None
     try:
+        if not in_checkout():  # an installed wheel: no commit of ours (and never the user's own repository's)
+            raise OSError
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_root(), capture_output=True, text=True,
                                 timeout=5).stdout.strip() or None
         dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo_root(),
