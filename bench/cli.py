@@ -19,7 +19,8 @@ from bench.errors import BenchError
 
 PRESETS = {
     # The miniature world: a tiny CLIP pretrained here and small procedural datasets (offline default).
-    "mini": {"backbone": "mini", "pretrained": "mini", "group": "mini"},
+    # 16 cached augmented views per image by default (the demo's), instead of one per epoch.
+    "mini": {"backbone": "mini", "pretrained": "mini", "group": "mini", "views": 16},
 }
 
 
@@ -41,7 +42,8 @@ def add_grid_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pretrained", help="open_clip pretrained tag or checkpoint path (default openai)")
     g.add_argument("--data-root", help="folder holding the datasets in CoOp's layout (default $BENCH_DATA)")
     g.add_argument("--precision", default="auto", help="auto (fp32 on CPU, mixed on GPU) | fp32 | amp | bf16 | fp16")
-    g.add_argument("--views", type=int, help="cached augmented views per training image (default: one per epoch)")
+    g.add_argument("--views", type=int, help="cached augmented views per training image (default: one per epoch; "
+                                             "16 with --preset mini); another number shows in the label")
     g.add_argument("--results", help="results store folder (default $BENCH_RESULTS, results/runs in a checkout, "
                                      "else ~/.local/share/clip-prompt-bench/runs)")
 
@@ -70,6 +72,8 @@ def resolve_grid_args(args) -> dict:
     from bench.protocols import parse_int_list, parse_overrides
 
     preset = PRESETS.get(args.preset or "", {})
+    if args.views is not None and args.views < 1:
+        raise BenchError(f"bad --views {args.views}: need at least 1 view per image")
     backbone = args.backbone or preset.get("backbone", "ViT-B-16")
     pretrained = args.pretrained or preset.get("pretrained", "openai")
     if pretrained in ("none", "random"):
@@ -97,6 +101,7 @@ def resolve_grid_args(args) -> dict:
         "group": preset.get("group", "coop11"),
         "precision": args.precision,
         "views": args.views,
+        "default_views": preset.get("views"),
         "data_root": str(Path(data_root).expanduser().resolve()) if data_root else None,
     }
 
@@ -117,7 +122,7 @@ def build_grid(args) -> tuple[list[dict], dict]:
         methods = [m for m in list_methods() if g["protocol"] in get_method(m).protocols]
     grid = expand(g["protocol"], methods, datasets=g["datasets"], shots=g["shots"], seeds=g["seeds"],
                   overrides=g["overrides"], backbone=g["backbone"], group=g["group"], precision=g["precision"],
-                  views=g["views"], data_root=g["data_root"])
+                  views=g["views"], data_root=g["data_root"], default_views=g["default_views"])
     return grid, g
 
 
@@ -306,9 +311,19 @@ def main(argv: list[str] | None = None) -> int:
 
     for register in _EXTRA_COMMANDS:
         register(sub)
+    for name, p in sub.choices.items():  # on every sub-command: where extra methods live
+        if name == "data":
+            continue
+        p.add_argument("--methods-dir", action="append", metavar="DIR",
+                       help="a folder of method files (*.py) to load too (repeatable; also $BENCH_METHODS_PATH)")
 
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "methods_dir", None):
+            from bench.registry import add_methods_path
+
+            for folder in args.methods_dir:
+                add_methods_path(folder)
         return args.func(args)
     except BenchError as e:
         print(f"error: {e}", file=sys.stderr)

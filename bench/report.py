@@ -109,7 +109,7 @@ def load_frame(results: str | Path | None = None):
     store = Store(results) if results else Store()
     if not store.root.is_dir():
         raise BenchError(f"results store not found: {store.root} (run `bench run ...` first, or pass --results DIR)")
-    return tidy(store.all_results())
+    return tidy(store.current_results())
 
 
 # ------------------------------------------------------------------------------------------ aggregation
