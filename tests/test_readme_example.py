@@ -65,6 +65,7 @@ def fresh_registry(monkeypatch):
     from bench import registry
 
     monkeypatch.setenv(registry.PATH_ENV, "")
+    registry.list_methods()  # the built-ins, loaded once as in any process
     before = dict(registry._METHODS)
     dirs, mods = set(registry._DIRS_LOADED), set(sys.modules)
     yield registry
