@@ -38,7 +38,8 @@ def add_grid_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
                    help="override a hyperparameter (repeatable); changes the run hash and table label")
     g.add_argument("--preset", choices=sorted(PRESETS), help="'mini': the miniature world (tiny CLIP + mini data)")
-    g.add_argument("--backbone", help="open_clip architecture (default ViT-B-16; 'mini' with --preset mini)")
+    g.add_argument("--backbone", help="open_clip architecture (default ViT-B-16; 'mini' with --preset mini), one "
+                                      "of --model-configs, or hf-hub:<org>/<repo>")
     g.add_argument("--pretrained", help="open_clip pretrained tag or checkpoint path (default openai)")
     g.add_argument("--data-root", help="folder holding the datasets in CoOp's layout (default $BENCH_DATA)")
     g.add_argument("--precision", default="auto", help="auto (fp32 on CPU, mixed on GPU) | fp32 | amp | bf16 | fp16")
@@ -48,9 +49,11 @@ def add_grid_args(p: argparse.ArgumentParser) -> None:
                                      "else ~/.local/share/clip-prompt-bench/runs)")
 
 
-def _weights_id(pretrained: str | None) -> str:
+def _weights_id(pretrained: str | None, arch: str = "") -> str:
     if pretrained is None:
         return "random"
+    if pretrained == "hf-hub":
+        return arch
     path = Path(pretrained).expanduser()
     if pretrained == "mini":
         from bench.mini.pretrain import ensure_checkpoint
@@ -78,17 +81,18 @@ def resolve_grid_args(args) -> dict:
     pretrained = args.pretrained or preset.get("pretrained", "openai")
     if pretrained in ("none", "random"):
         pretrained = None
+    from bench.backbone import check_arch, is_hf_hub, resolve_arch
+
+    check_arch(backbone)
+    if is_hf_hub(backbone):
+        if args.pretrained:
+            raise BenchError(f"{backbone} brings its own weights from the Hugging Face Hub: leave out --pretrained")
+        pretrained = "hf-hub"
     data_root = args.data_root or os.environ.get("BENCH_DATA")
     if args.preset == "mini" and not args.data_root:
         from bench.mini.build import ensure_data
 
         data_root = str(ensure_data())
-    import open_clip
-
-    from bench.backbone import resolve_arch
-
-    if backbone not in open_clip.list_models():
-        raise BenchError(f"unknown backbone '{backbone}': not an open_clip architecture (see `bench list backbones`)")
     arch, _ = resolve_arch(backbone, pretrained)
     return {
         "protocol": args.protocol,
@@ -97,7 +101,7 @@ def resolve_grid_args(args) -> dict:
         "shots": parse_int_list(args.shots, "shots") if args.shots is not None else None,
         "seeds": parse_int_list(args.seeds, "seeds") if args.seeds is not None else None,
         "overrides": parse_overrides(args.overrides),
-        "backbone": {"arch": arch, "pretrained": pretrained, "weights": _weights_id(pretrained)},
+        "backbone": {"arch": arch, "pretrained": pretrained, "weights": _weights_id(pretrained, arch)},
         "group": preset.get("group", "coop11"),
         "precision": args.precision,
         "views": args.views,
@@ -316,9 +320,17 @@ def main(argv: list[str] | None = None) -> int:
             continue
         p.add_argument("--methods-dir", action="append", metavar="DIR",
                        help="a folder of method files (*.py) to load too (repeatable; also $BENCH_METHODS_PATH)")
+        p.add_argument("--model-configs", action="append", metavar="DIR",
+                       help="a folder of open_clip model-config JSONs (<name>.json) to register (repeatable; "
+                            "also $BENCH_MODEL_CONFIGS)")
 
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "model_configs", None):
+            from bench.backbone import add_model_configs
+
+            for folder in args.model_configs:
+                add_model_configs(folder)
         if getattr(args, "methods_dir", None):
             from bench.registry import add_methods_path
 
