@@ -160,7 +160,7 @@ def execute(config: dict, store: Store | None = None, checkpointer: Checkpointer
             checkpoint_every: int = 0, device: str | None = None) -> dict:
     """Run one config end to end and write its result; returns the result (or the stored one if complete)."""
     from bench.data import get_spec
-    from bench.registry import get_method
+    from bench.registry import code_version, get_method
 
     store = store or Store()
     done = store.load(config)
@@ -170,6 +170,9 @@ def execute(config: dict, store: Store | None = None, checkpointer: Checkpointer
     if not data_root:
         raise BenchError("no data root: pass --data-root DIR (or set BENCH_DATA)")
     cls = get_method(config["method"])
+    if config.get("code", code_version(cls)) != code_version(cls):  # e.g. a queued SLURM task after an edit
+        raise BenchError(f"the code of method {config['method']} changed since this run was planned: run "
+                         f"`bench run` again to plan it with the current code")
     t0 = time.time()
     backbone, cache = get_backbone(config["backbone"], config.get("precision", "auto"), device)
     if backbone.device.startswith("cuda"):

@@ -155,3 +155,16 @@ def test_code_version_covers_helper_modules_and_ignores_comments(tmp_path, monke
     mods = [m.__name__ for m in registry._related_modules(sys.modules[coop.__module__])]
     assert mods == ["methods._prompts", "methods.coop"]
     assert code_version(coop) != code_version(get_method("kgcoop"))
+
+
+def test_a_run_planned_with_other_code_is_refused(world, tmp_path, tiny_backbone_spec):
+    from bench.errors import BenchError
+    from bench.protocols import expand
+    from bench.runner import execute
+
+    (config,) = expand("fewshot", ["zeroshot"], datasets=["eurosat"], backbone=tiny_backbone_spec,
+                       data_root=str(world["root"]))
+    config["code"] = "0123456789ab"  # planned (e.g. queued on SLURM) before the method was edited
+    with pytest.raises(BenchError, match="the code of method zeroshot changed since this run was planned"):
+        execute(config, Store(tmp_path / "res"))
+    assert not Store(tmp_path / "res").all_results()
