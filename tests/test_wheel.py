@@ -29,7 +29,14 @@ def installed(tmp_path_factory):
             (src / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(repo_root() / name, src / name)
     run = dict(capture_output=True, text=True, timeout=300)
-    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+    try:  # build with this environment's setuptools when recent enough (no index needed), else pip's isolated way
+        import setuptools
+
+        recent = int(setuptools.__version__.split(".")[0]) >= 68
+    except ImportError:
+        recent = False
+    isolation = ["--no-build-isolation"] if recent else []
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-q",
                            str(src), "-w", str(tmp / "dist")], **run)
     assert done.returncode == 0, done.stderr
     wheel = next((tmp / "dist").glob("clip_prompt_bench-*.whl"))
