@@ -5,7 +5,9 @@
     tokens = bb.tokenize(["X X X X a photo of a dog."])
     f = bb.encode_prompts(bb.token_embedding(tokens), tokens)    # differentiable w.r.t. the prompt embeddings
 
-Project architectures (`tiny-test`, `mini`) live as JSON in bench/model_configs/ and are registered on import.
+Project architectures (`tiny-test`, `mini`) live as JSON in bench/model_configs/ and are registered on import, as
+are the users' own open_clip model-config folders in $BENCH_MODEL_CONFIGS (``--model-configs DIR``).
+``hf-hub:org/repo`` names a model whose open_clip config and weights live on the Hugging Face Hub.
 """
 
 from __future__ import annotations
@@ -28,6 +30,50 @@ from bench.errors import BenchError
 
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
 open_clip.add_model_config(MODEL_CONFIG_DIR)
+MODEL_CONFIGS_ENV = "BENCH_MODEL_CONFIGS"
+HF_HUB = "hf-hub:"
+_USER_CONFIG_DIRS: set[str] = set()
+
+
+def add_model_configs(folder) -> list[str]:
+    """Register a folder of open_clip model-config JSONs (``<name>.json``, open_clip's format); returns the names.
+    Recorded in $BENCH_MODEL_CONFIGS, so child processes (SLURM tasks) see them too."""
+    path = Path(folder).expanduser().resolve()
+    if not path.is_dir():
+        raise BenchError(f"model-config folder not found: {path}")
+    names = sorted(p.stem for p in path.glob("*.json"))
+    if not names:
+        raise BenchError(f"no model configs (*.json) in {path}")
+    if str(path) not in _USER_CONFIG_DIRS:
+        try:
+            open_clip.add_model_config(path)
+        except (ValueError, KeyError, TypeError, OSError, AttributeError) as e:
+            raise BenchError(f"bad model config in {path}: {_one_line(e)} (open_clip's format: embed_dim, "
+                             f"vision_cfg, text_cfg)") from None
+        _USER_CONFIG_DIRS.add(str(path))
+    bad = [n for n in names if n not in open_clip.list_models()]
+    if bad:
+        raise BenchError(f"{path / (bad[0] + '.json')} is not an open_clip model config (needs embed_dim, "
+                         f"vision_cfg and text_cfg)")
+    dirs = [d for d in os.environ.get(MODEL_CONFIGS_ENV, "").split(os.pathsep) if d]
+    if str(path) not in dirs:
+        os.environ[MODEL_CONFIGS_ENV] = os.pathsep.join([*dirs, str(path)])
+    return names
+
+
+def is_hf_hub(arch: str | None) -> bool:
+    return bool(arch) and arch.startswith(HF_HUB)
+
+
+def check_arch(arch: str) -> None:
+    """One line if ``arch`` is neither an open_clip architecture (built-in or registered) nor ``hf-hub:org/repo``."""
+    if is_hf_hub(arch):
+        if "/" not in arch[len(HF_HUB):]:
+            raise BenchError(f"bad backbone '{arch}': expected hf-hub:<org>/<repo>")
+        return
+    if arch not in open_clip.list_models():
+        raise BenchError(f"unknown backbone '{arch}': not an open_clip architecture (see `bench list backbones`; "
+                         f"your own configs: --model-configs DIR; Hugging Face models: hf-hub:<org>/<repo>)")
 
 PRECISIONS = ("auto", "fp32", "amp", "bf16", "fp16")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
@@ -48,6 +94,8 @@ def resolve_arch(arch: str, pretrained: str | None, quick_gelu: bool | None = No
     registered '-quickgelu' twin (so the recorded name says what ran), else force QuickGELU on `arch`.
     `quick_gelu`: whether the weights need QuickGELU; None decides from the tag `pretrained`.
     """
+    if is_hf_hub(arch):  # the hub's config says what the weights need
+        return arch, False
     tag_cfg = open_clip.get_pretrained_cfg(arch, pretrained) if pretrained else {}
     if quick_gelu is None:
         quick_gelu = pretrained == "openai" or bool(tag_cfg.get("quick_gelu"))
@@ -69,11 +117,11 @@ def create_backbone(arch: str, pretrained: str | None, device: str = "cpu", prec
     "amp" (fp16 autocast), "bf16" (bf16 autocast; on CUDA only where the GPU has native bf16) or "fp16" (weights
     in fp16 as OpenAI's CLIP). Weights stay fp32 except for "fp16"; outputs are always float32.
     """
-    if arch not in open_clip.list_models():
-        raise BenchError(f"unknown architecture '{arch}': not an open_clip architecture "
-                         f"(see `bench list backbones`)")
+    check_arch(arch)
     device = _resolve_device(device)
     precision = _resolve_precision(precision, device)
+    if is_hf_hub(arch):
+        return _create_hf_hub(arch, pretrained, device, precision)
 
     source = pretrained
     if pretrained == "mini":
@@ -115,6 +163,31 @@ def create_backbone(arch: str, pretrained: str | None, device: str = "cpu", prec
                     force_quick_gelu=force_quick_gelu)
 
 
+def _create_hf_hub(arch: str, pretrained: str | None, device, precision: str) -> "Backbone":
+    """An ``hf-hub:org/repo`` model: config, preprocessing and weights from the Hub (or its local cache)."""
+    if pretrained not in (None, "hf-hub"):
+        raise BenchError(f"{arch} brings its own weights from the Hugging Face Hub: leave out --pretrained")
+    try:
+        model = open_clip.create_model(arch, precision="fp16" if precision == "fp16" else "fp32", device=device,
+                                       pretrained_text=False, require_pretrained=True)
+    except (RuntimeError, OSError, ValueError) as e:
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        hint = ("offline (HF_HUB_OFFLINE) and not in the Hugging Face cache: fetch it once with internet, or point "
+                "HF_HOME at a warm cache" if offline else "check the name, the network, or HF_HOME's cache")
+        raise BenchError(f"could not load {arch} from the Hugging Face Hub: {hint} "
+                         f"({_one_line(e, 160)})") from None
+    identity = arch
+    try:  # the snapshot's commit identifies the weights that were actually used
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(arch[len(HF_HUB):], "open_clip_config.json")
+        if isinstance(cached, str):
+            identity = f"{arch}@{Path(cached).parent.name[:12]}"
+    except ImportError:
+        pass
+    return Backbone(model, arch=arch, pretrained="hf-hub", identity=identity, device=device, precision=precision)
+
+
 def _create_model(name, tag, device, precision, force_quick_gelu):
     try:
         return open_clip.create_model(
@@ -128,9 +201,16 @@ def _create_model(name, tag, device, precision, force_quick_gelu):
 
 
 def _resolve_device(device) -> torch.device:
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise BenchError(f"unknown device {device!r} ({_one_line(e)}); e.g. --device cpu, cuda, cuda:1") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise BenchError(f"device '{device}' requested but CUDA is not available here (use --device cpu)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise BenchError(f"device '{device}' requested but only {torch.cuda.device_count()} CUDA device(s) here")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise BenchError(f"device '{device}' requested but MPS is not available here (use --device cpu)")
     return device
 
 
@@ -257,15 +337,45 @@ def _to_rgb(image):
     return image.convert("RGB")
 
 
-def eval_transform(image_size: int, mean, std) -> T.Compose:
+def eval_transform(image_size: int, mean, std, interpolation=T.InterpolationMode.BICUBIC) -> T.Compose:
     """CLIP's test preprocessing: Resize short side (bicubic) + CenterCrop + ToTensor + Normalize."""
     return T.Compose([
         _to_rgb,
-        T.Resize(image_size, interpolation=T.InterpolationMode.BICUBIC),
+        T.Resize(image_size, interpolation=interpolation),
         T.CenterCrop(image_size),
         T.ToTensor(),
         T.Normalize(mean, std),
     ])
+
+
+_INTERPOLATIONS = {"bicubic": T.InterpolationMode.BICUBIC, "bilinear": T.InterpolationMode.BILINEAR,
+                   "nearest": T.InterpolationMode.NEAREST}
+
+
+def eval_transform_from_cfg(pp: dict) -> T.Compose:
+    """The test preprocessing a model's open_clip preprocess config asks for (interpolation, resize mode, size,
+    mean/std), as open_clip's own eval transform builds it. For OpenAI's weights (bicubic, 'shortest') this is
+    exactly :func:`eval_transform`: short side resize + center crop."""
+    size = pp.get("size", 224)
+    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    interpolation = _INTERPOLATIONS.get(pp.get("interpolation", "bicubic"), T.InterpolationMode.BICUBIC)
+    mean, std = tuple(pp["mean"]), tuple(pp["std"])
+    mode = pp.get("resize_mode", "shortest")
+    if mode == "shortest" and h == w:
+        return eval_transform(h, mean, std, interpolation)
+    from open_clip.transform import CenterCropOrPad, ResizeKeepRatio
+
+    if mode == "longest":
+        steps = [ResizeKeepRatio((h, w), interpolation=interpolation, longest=1),
+                 CenterCropOrPad((h, w), fill=pp.get("fill_color", 0))]
+    elif mode == "squash":
+        steps = [T.Resize((h, w), interpolation=interpolation)]
+    elif mode == "shortest":  # non-square: keep the ratio, then crop
+        steps = [ResizeKeepRatio((h, w), interpolation=interpolation), T.CenterCrop((h, w))]
+    else:
+        raise BenchError(f"unknown resize_mode {mode!r} in the model's preprocess config "
+                         f"(known: shortest, longest, squash)")
+    return T.Compose([_to_rgb, *steps, T.ToTensor(), T.Normalize(mean, std)])
 
 
 def train_transform(image_size: int, mean, std) -> T.Compose:
@@ -299,7 +409,8 @@ class Backbone:
 
         cfg = open_clip.get_model_config(arch)
         self.embed_dim: int = cfg["embed_dim"]
-        pp = model.visual.preprocess_cfg
+        pp = model.visual.preprocess_cfg  # open_clip's: the architecture's, updated by the pretrained tag's / hub's
+        self.preprocess_cfg: dict = dict(pp)
         size = pp["size"]
         self.image_size: int = size if isinstance(size, int) else int(size[0])
         self.mean, self.std = tuple(pp["mean"]), tuple(pp["std"])
@@ -308,7 +419,7 @@ class Backbone:
         token_embedding = getattr(model, "token_embedding", None)
         self.ctx_dim: int | None = token_embedding.embedding_dim if token_embedding is not None else None
         self.logit_scale: float = float(model.logit_scale.detach().exp().item())
-        self.eval_transform = eval_transform(self.image_size, self.mean, self.std)
+        self.eval_transform = eval_transform_from_cfg(pp)
         self.train_transform = train_transform(self.image_size, self.mean, self.std)
         self._tokenizer = None
 
@@ -407,3 +518,8 @@ class Backbone:
         if dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=torch.device(self.device).type, dtype=dtype)
+
+
+# Users' model-config folders, also in child processes (SLURM tasks) through the environment
+for _folder in [d for d in os.environ.get(MODEL_CONFIGS_ENV, "").split(os.pathsep) if d]:
+    add_model_configs(_folder)

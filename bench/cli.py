@@ -19,7 +19,8 @@ from bench.errors import BenchError
 
 PRESETS = {
     # The miniature world: a tiny CLIP pretrained here and small procedural datasets (offline default).
-    "mini": {"backbone": "mini", "pretrained": "mini", "group": "mini"},
+    # 16 cached augmented views per image by default (the demo's), instead of one per epoch.
+    "mini": {"backbone": "mini", "pretrained": "mini", "group": "mini", "views": 16},
 }
 
 
@@ -37,18 +38,23 @@ def add_grid_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
                    help="override a hyperparameter (repeatable); changes the run hash and table label")
     g.add_argument("--preset", choices=sorted(PRESETS), help="'mini': the miniature world (tiny CLIP + mini data)")
-    g.add_argument("--backbone", help="open_clip architecture (default ViT-B-16; 'mini' with --preset mini)")
+    g.add_argument("--backbone", help="open_clip architecture (default ViT-B-16; 'mini' with --preset mini), one "
+                                      "of --model-configs, or hf-hub:<org>/<repo>")
     g.add_argument("--pretrained", help="open_clip pretrained tag or checkpoint path (default openai)")
     g.add_argument("--data-root", help="folder holding the datasets in CoOp's layout (default $BENCH_DATA)")
     g.add_argument("--precision", default="auto",
                    help="auto (fp32 on CPU, fp16 autocast on GPU) | fp32 | amp (fp16 autocast) | bf16 | fp16")
-    g.add_argument("--views", type=int, help="cached augmented views per training image (default: one per epoch)")
-    g.add_argument("--results", help="results store folder (default $BENCH_RESULTS or results/runs)")
+    g.add_argument("--views", type=int, help="cached augmented views per training image (default: one per epoch; "
+                                             "16 with --preset mini); another number shows in the label")
+    g.add_argument("--results", help="results store folder (default $BENCH_RESULTS, results/runs in a checkout, "
+                                     "else ~/.local/share/clip-prompt-bench/runs)")
 
 
-def _weights_id(pretrained: str | None) -> str:
+def _weights_id(pretrained: str | None, arch: str = "") -> str:
     if pretrained is None:
         return "random"
+    if pretrained == "hf-hub":
+        return arch
     path = Path(pretrained).expanduser()
     if pretrained == "mini":
         from bench.mini.pretrain import ensure_checkpoint
@@ -70,21 +76,24 @@ def resolve_grid_args(args) -> dict:
     from bench.protocols import parse_int_list, parse_overrides
 
     preset = PRESETS.get(args.preset or "", {})
+    if args.views is not None and args.views < 1:
+        raise BenchError(f"bad --views {args.views}: need at least 1 view per image")
     backbone = args.backbone or preset.get("backbone", "ViT-B-16")
     pretrained = args.pretrained or preset.get("pretrained", "openai")
     if pretrained in ("none", "random"):
         pretrained = None
+    from bench.backbone import check_arch, is_hf_hub, resolve_arch
+
+    check_arch(backbone)
+    if is_hf_hub(backbone):
+        if args.pretrained:
+            raise BenchError(f"{backbone} brings its own weights from the Hugging Face Hub: leave out --pretrained")
+        pretrained = "hf-hub"
     data_root = args.data_root or os.environ.get("BENCH_DATA")
     if args.preset == "mini" and not args.data_root:
         from bench.mini.build import ensure_data
 
         data_root = str(ensure_data())
-    import open_clip
-
-    from bench.backbone import resolve_arch
-
-    if backbone not in open_clip.list_models():
-        raise BenchError(f"unknown backbone '{backbone}': not an open_clip architecture (see `bench list backbones`)")
     arch, _ = resolve_arch(backbone, pretrained)
     return {
         "protocol": args.protocol,
@@ -93,10 +102,11 @@ def resolve_grid_args(args) -> dict:
         "shots": parse_int_list(args.shots, "shots") if args.shots is not None else None,
         "seeds": parse_int_list(args.seeds, "seeds") if args.seeds is not None else None,
         "overrides": parse_overrides(args.overrides),
-        "backbone": {"arch": arch, "pretrained": pretrained, "weights": _weights_id(pretrained)},
+        "backbone": {"arch": arch, "pretrained": pretrained, "weights": _weights_id(pretrained, arch)},
         "group": preset.get("group", "coop11"),
         "precision": args.precision,
         "views": args.views,
+        "default_views": preset.get("views"),
         "data_root": str(Path(data_root).expanduser().resolve()) if data_root else None,
     }
 
@@ -117,7 +127,7 @@ def build_grid(args) -> tuple[list[dict], dict]:
         methods = [m for m in list_methods() if g["protocol"] in get_method(m).protocols]
     grid = expand(g["protocol"], methods, datasets=g["datasets"], shots=g["shots"], seeds=g["seeds"],
                   overrides=g["overrides"], backbone=g["backbone"], group=g["group"], precision=g["precision"],
-                  views=g["views"], data_root=g["data_root"])
+                  views=g["views"], data_root=g["data_root"], default_views=g["default_views"])
     return grid, g
 
 
@@ -127,7 +137,7 @@ def _store(args):
     return Store(args.results) if getattr(args, "results", None) else Store()
 
 
-def preflight(grid: list[dict], load_backbone: bool = True) -> None:
+def preflight(grid: list[dict], load_backbone: bool = True, device: str | None = None) -> None:
     """Fail fast, in one line, on data or weight problems before any run starts."""
     from bench.data import load_splits
     from bench.runner import get_backbone
@@ -141,7 +151,7 @@ def preflight(grid: list[dict], load_backbone: bool = True) -> None:
         load_splits(dataset, root)
     if load_backbone:
         for spec in {json.dumps(c["backbone"], sort_keys=True): c["backbone"] for c in grid}.values():
-            get_backbone(spec, grid[0].get("precision", "auto"))
+            get_backbone(spec, grid[0].get("precision", "auto"), device)
 
 
 def cmd_run(args) -> int:
@@ -159,13 +169,20 @@ def cmd_run(args) -> int:
                   f"-> {evals}")
         print(f"{len(grid)} runs, {len(grid) - len(todo)} done, {len(todo)} to run")
         return 0
-    preflight(grid, load_backbone=args.launcher == "local")
+    device = None
+    if args.device:
+        if args.launcher != "local":
+            raise BenchError("--device applies to local runs; SLURM tasks use their allocated GPU (or the CPU)")
+        from bench.backbone import _resolve_device
+
+        device = str(_resolve_device(args.device))
+    preflight(grid, load_backbone=args.launcher == "local", device=device)
     if args.launcher == "slurm":
         from bench.launch import launch_slurm
 
         launch_slurm(grid, store, args)
         return 0
-    summary = launch_local(grid, store)
+    summary = launch_local(grid, store, device=device)
     print(f"{summary['total']} runs: {summary['skipped']} already complete, {summary['ran']} ran, "
           f"{summary['failed']} failed; results in {store.root}")
     return 1 if summary["failed"] else 0
@@ -259,12 +276,16 @@ def cmd_data(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bench import __version__
+
     parser = argparse.ArgumentParser(prog="bench", description="CLIP prompt-learning benchmark suite")
+    parser.add_argument("--version", action="version", version=f"bench {__version__} (clip-prompt-bench)")
     sub = parser.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("run", help="run a protocol grid (only what is missing)")
     add_grid_args(p)
     p.add_argument("--dry-run", action="store_true", help="print the grid and what is already done")
+    p.add_argument("--device", help="cpu | cuda | cuda:1 | mps ... for local runs (default: cuda if available)")
     p.add_argument("--launcher", default="local", choices=["local", "slurm"])
     p.add_argument("--slurm-profile", help="YAML profile in slurm/ (partition, account, gpus, time, ...)")
     p.add_argument("--slurm", action="append", metavar="KEY=VALUE",
@@ -295,9 +316,27 @@ def main(argv: list[str] | None = None) -> int:
 
     for register in _EXTRA_COMMANDS:
         register(sub)
+    for name, p in sub.choices.items():  # on every sub-command: where extra methods live
+        if name == "data":
+            continue
+        p.add_argument("--methods-dir", action="append", metavar="DIR",
+                       help="a folder of method files (*.py) to load too (repeatable; also $BENCH_METHODS_PATH)")
+        p.add_argument("--model-configs", action="append", metavar="DIR",
+                       help="a folder of open_clip model-config JSONs (<name>.json) to register (repeatable; "
+                            "also $BENCH_MODEL_CONFIGS)")
 
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "model_configs", None):
+            from bench.backbone import add_model_configs
+
+            for folder in args.model_configs:
+                add_model_configs(folder)
+        if getattr(args, "methods_dir", None):
+            from bench.registry import add_methods_path
+
+            for folder in args.methods_dir:
+                add_methods_path(folder)
         return args.func(args)
     except BenchError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -29,9 +29,9 @@ DISPLAY = {"zeroshot": "Zero-shot CLIP", "linear_probe": "Linear probe CLIP", "c
 
 
 def default_out_dir() -> Path:
-    from bench.paths import repo_root
+    from bench.paths import figures_dir
 
-    return repo_root() / "results" / "figures"
+    return figures_dir()
 
 
 def method_name(label: str) -> str:

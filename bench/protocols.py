@@ -120,6 +120,10 @@ def method_label(method: str, overrides: dict) -> str:
     return method + "[" + ",".join(f"{k}={v}" for k, v in sorted(overrides.items())) + "]"
 
 
+def _n_views(views: int | None, epochs) -> int | None:
+    return min(views, epochs) if (views and epochs) else epochs
+
+
 def expand(
     protocol: str,
     methods: list[str],
@@ -133,10 +137,17 @@ def expand(
     precision: str = "auto",
     views: int | None = None,
     data_root: str | None = None,
+    default_views: int | None = None,
 ) -> list[dict]:
-    """The grid of run configs (deduplicated, each complete enough to run on its own)."""
+    """The grid of run configs (deduplicated, each complete enough to run on its own).
+
+    ``views``: cached augmented views per training image (None: ``default_views``, else one per epoch). Views
+    change the numbers, so they are part of a run's identity, and of its label where they differ from the
+    default (``coop[views=8]``): `bench status`, `run` and `table` then agree on what is done.
+    Every config records ``code``, the method's code version (:func:`bench.registry.code_version`).
+    """
     from bench.data import get_spec
-    from bench.registry import get_method
+    from bench.registry import code_version, get_method
 
     proto = get_protocol(protocol)
     datasets = datasets or default_datasets(protocol, group)
@@ -159,10 +170,14 @@ def expand(
                                          f"known: {', '.join(sorted(hp)) or '(none)'}")
                     hp.update(overrides)
                     epochs = hp.get("epochs")
-                    n_views = min(views, epochs) if (views and epochs) else epochs
+                    n_views = _n_views(views or default_views, epochs)
+                    label_extra = {}
+                    if cls.needs_training and n_views != _n_views(default_views, epochs):
+                        label_extra["views"] = n_views
                     config = {
                         "method": name,
-                        "label": method_label(name, overrides),
+                        "label": method_label(name, {**overrides, **label_extra}),
+                        "code": code_version(cls),
                         "overrides": dict(sorted(overrides.items())),
                         "hparams": dict(sorted(hp.items())),
                         "backbone": dict(backbone),

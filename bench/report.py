@@ -49,9 +49,10 @@ KEY = ["backbone", "weights", "protocol", "label", "method", "train_dataset", "s
 
 
 def reference_dir() -> Path:
-    from bench.paths import repo_root
+    """The published numbers: results/reference/ in a checkout, shipped inside the package when installed."""
+    from bench.paths import resource_dir
 
-    return repo_root() / "results" / "reference"
+    return resource_dir("reference")
 
 
 # ------------------------------------------------------------------------------------------ tidy frame
@@ -110,7 +111,7 @@ def load_frame(results: str | Path | None = None):
     store = Store(results) if results else Store()
     if not store.root.is_dir():
         raise BenchError(f"results store not found: {store.root} (run `bench run ...` first, or pass --results DIR)")
-    return tidy(store.all_results())
+    return tidy(store.current_results())
 
 
 # ------------------------------------------------------------------------------------------ aggregation

@@ -21,7 +21,7 @@ from bench import log
 from bench.errors import BenchError
 from bench.features import FeatureCache
 from bench.method import Checkpointer, Context, TrainData, Unsupported
-from bench.paths import repo_root
+from bench.paths import in_checkout, repo_root
 from bench.store import Store, config_hash
 from bench.train import deterministic_cuda
 
@@ -82,6 +82,8 @@ def environment(device: str | None = None) -> dict:
         except md.PackageNotFoundError:
             versions[pkg] = None
     try:
+        if not in_checkout():  # an installed wheel: no commit of ours (and never the user's own repository's)
+            raise OSError
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_root(), capture_output=True, text=True,
                                 timeout=5).stdout.strip() or None
         dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo_root(),
@@ -178,7 +180,7 @@ def execute(config: dict, store: Store | None = None, checkpointer: Checkpointer
             checkpoint_every: int = 0, device: str | None = None) -> dict:
     """Run one config end to end and write its result; returns the result (or the stored one if complete)."""
     from bench.data import get_spec
-    from bench.registry import get_method
+    from bench.registry import code_version, get_method
 
     store = store or Store()
     done = store.load(config)
@@ -188,6 +190,9 @@ def execute(config: dict, store: Store | None = None, checkpointer: Checkpointer
     if not data_root:
         raise BenchError("no data root: pass --data-root DIR (or set BENCH_DATA)")
     cls = get_method(config["method"])
+    if config.get("code", code_version(cls)) != code_version(cls):  # e.g. a queued SLURM task after an edit
+        raise BenchError(f"the code of method {config['method']} changed since this run was planned: run "
+                         f"`bench run` again to plan it with the current code")
     t0 = time.time()
     determinism = deterministic_cuda() if str(device or default_device()).startswith("cuda") else None
     backbone, cache = get_backbone(config["backbone"], config.get("precision", "auto"), device)

@@ -91,16 +91,16 @@ def _parse_value(text: str):
 
 def profile_path(name: str) -> Path:
     """A profile file: the path as given, or ``slurm/<name>[.yaml]`` in the repository."""
-    from bench.paths import repo_root
+    from bench.paths import resource_dir
 
     candidates = [Path(name).expanduser()]
+    base = resource_dir("slurm")
     if not Path(name).is_absolute():
-        base = repo_root() / "slurm"
         candidates += [base / name, base / f"{name}.yaml", base / Path(name).name]
     for c in candidates:
         if c.is_file():
             return c
-    known = sorted(p.stem for p in (repo_root() / "slurm").glob("*.yaml"))
+    known = sorted(p.stem for p in base.glob("*.yaml"))
     raise BenchError(f"SLURM profile not found: {name} (looked for {candidates[0]}; profiles in slurm/: "
                      f"{', '.join(known) or 'none'})")
 

@@ -87,3 +87,23 @@ class Store:
             if data and data.get("status") == "complete":
                 out.append(data)
         return out
+
+    def current_results(self) -> list[dict]:
+        """The complete results made by the current code of their method (what `bench status` counts as done).
+        Results of edited methods are left out, with one log line; those of methods not loaded here are kept."""
+        from collections import Counter
+
+        from bench import log
+        from bench.registry import code_version, find_method
+
+        out, stale = [], Counter()
+        for r in self.all_results():
+            cls = find_method(r["config"].get("method", ""))
+            if cls is not None and r["config"].get("code") != code_version(cls):
+                stale[r["config"]["method"]] += 1
+            else:
+                out.append(r)
+        if stale:
+            log.info(f"left out {sum(stale.values())} result(s) made by an earlier version of the method's code "
+                     f"({', '.join(f'{m}: {n}' for m, n in sorted(stale.items()))}); `bench run` redoes them")
+        return out

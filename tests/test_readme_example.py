@@ -1,11 +1,13 @@
 """The README's "Adding a method" example is real code: one file, registered by name, runs through the harness."""
 
 import re
+import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from bench.errors import BenchError
 from bench.paths import repo_root
 from bench.protocols import expand
 from bench.runner import execute
@@ -48,3 +50,126 @@ def test_readme_example_method_runs(tmp_path, tiny_backbone_spec, clean_registry
     pred = (F.normalize(feats, dim=-1) @ F.normalize(protos, dim=-1).t()).argmax(1)
     labels = torch.tensor([it.label for it in items])
     assert m["top1"] == 100.0 * (pred == labels).float().mean().item()
+
+
+# ------------------------------------------------------------------------------------------ methods from outside
+
+def _readme_block() -> str:
+    text = (repo_root() / "README.md").read_text()
+    return next(b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "register_method" in b)
+
+
+@pytest.fixture
+def fresh_registry(monkeypatch):
+    """The registry as a new process sees it; user methods and $BENCH_METHODS_PATH are undone afterwards."""
+    from bench import registry
+
+    monkeypatch.setenv(registry.PATH_ENV, "")
+    registry.list_methods()  # the built-ins, loaded once as in any process
+    before = dict(registry._METHODS)
+    dirs, mods = set(registry._DIRS_LOADED), set(sys.modules)
+    yield registry
+    registry._METHODS.clear()
+    registry._METHODS.update(before)
+    registry._DIRS_LOADED.clear()
+    registry._DIRS_LOADED.update(dirs)
+    for name in set(sys.modules) - mods:
+        if name.startswith("_bench_user_methods_") or name.startswith("plugged_pkg"):
+            del sys.modules[name]
+
+
+@pytest.fixture(scope="module")
+def all_data(tmp_path_factory):
+    from bench.synth import make_all
+
+    root = tmp_path_factory.mktemp("data")
+    make_all(root, n_classes=4, per_class=(2, 1, 3))  # the 11 datasets and ImageNet's 4 variants, tiny
+    return root
+
+
+def test_readme_method_from_a_folder_runs_every_protocol_through_the_cli(tmp_path, all_data, tiny_ckpt,
+                                                                         fresh_registry, capsys):
+    from bench.cli import main
+
+    folder = tmp_path / "my_methods"
+    folder.mkdir()
+    (folder / "prototype.py").write_text(_readme_block())
+    common = ["--backbone", "tiny-test", "--pretrained", tiny_ckpt, "--data-root", all_data, "--shots", "2",
+              "--seeds", "1", "--results", tmp_path / "res", "--methods-dir", folder]
+    cls = None
+    for protocol in ("fewshot", "base2new", "domain_shift", "cross_dataset"):
+        datasets = ["--datasets", "eurosat"] if protocol in ("fewshot", "base2new") else []
+        argv = ["run", "--protocol", protocol, "--method", "prototype,zeroshot", *datasets, *common]
+        assert main([str(a) for a in argv]) == 0, capsys.readouterr().err
+        assert "0 failed" in capsys.readouterr().out
+        cls = cls or fresh_registry.get_method("prototype")
+        assert protocol in cls.protocols
+        assert main([str(a) for a in ["table", "--protocol", protocol, *datasets, "--seeds", "1",
+                                      "--results", tmp_path / "res", "--methods-dir", folder]]) == 0
+        assert "prototype" in capsys.readouterr().out
+    results = Store(tmp_path / "res").all_results()
+    by = {(r["config"]["method"], r["config"]["protocol"]): r["metrics"] for r in results}
+    assert len(by) == 8
+    assert len(by[("prototype", "cross_dataset")]) == 11 and len(by[("prototype", "domain_shift")]) == 5
+    for metrics in by.values():
+        assert all(0 <= m["top1"] <= 100 and not m.get("unsupported") for m in metrics.values())
+    # classes never trained on keep the zero-shot text weights: new classes score as zero-shot CLIP does
+    assert by[("prototype", "base2new")]["eurosat:new"]["per_class"] == \
+        by[("zeroshot", "base2new")]["eurosat:new"]["per_class"]
+    assert by[("prototype", "cross_dataset")]["dtd"]["per_class"] == by[("zeroshot", "cross_dataset")]["dtd"]["per_class"]
+
+
+def test_method_folder_from_the_environment_with_a_helper_sibling(tmp_path, fresh_registry, monkeypatch):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "_helpers.py").write_text("ALPHA = 0.25\n")
+    (folder / "blend.py").write_text(
+        "from _helpers import ALPHA\nfrom bench.method import Method\nfrom bench.registry import register_method\n\n"
+        "@register_method('blend')\nclass Blend(Method):\n    description = 'x'\n    needs_training = False\n\n"
+        "    @classmethod\n    def default_hparams(cls, protocol, dataset, shots):\n        return {'alpha': ALPHA}\n")
+    monkeypatch.setenv(fresh_registry.PATH_ENV, str(folder))
+    monkeypatch.setattr(fresh_registry, "_loaded", False)
+    assert "blend" in fresh_registry.list_methods() and "coop" in fresh_registry.list_methods()
+    cls = fresh_registry.get_method("blend")
+    assert cls.default_hparams("fewshot", "x", 0) == {"alpha": 0.25}
+    version = fresh_registry.code_version(cls)
+    # the helper sibling is part of the method's code version
+    related = [m.__name__ for m in fresh_registry._related_modules(sys.modules[cls.__module__])]
+    assert "_helpers" in related, related
+    assert version == fresh_registry.code_version(cls)
+
+
+def test_broken_method_file_is_one_line(tmp_path, fresh_registry, capsys):
+    from bench.cli import main
+
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "broken.py").write_text("import torch\n\nx = 1\nraise RuntimeError('no good\\nat all')\n")
+    assert main(["list", "methods", "--methods-dir", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{folder / 'broken.py'}:4: RuntimeError: no good at all" in err
+    assert main(["list", "methods", "--methods-dir", str(tmp_path / "nope")]) == 2
+    assert "methods folder not found" in capsys.readouterr().err
+
+
+def test_entry_point_methods_are_registered(tmp_path, fresh_registry, monkeypatch):
+    site = tmp_path / "site"
+    (site / "plugged_pkg").mkdir(parents=True)
+    (site / "plugged_pkg" / "__init__.py").write_text(
+        "from bench.method import Method\n\nclass Plugged(Method):\n    description = 'from a package'\n"
+        "    needs_training = False\n")
+    info = site / "plugged_pkg-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: plugged-pkg\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[clip_prompt_bench.methods]\nplugged = plugged_pkg:Plugged\n")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setattr(fresh_registry, "_loaded", False)
+    assert "plugged" in fresh_registry.list_methods()
+    assert fresh_registry.get_method("plugged").name == "plugged"
+
+    (info / "entry_points.txt").write_text("[clip_prompt_bench.methods]\nbroken = plugged_pkg:Missing\n")
+    fresh_registry._METHODS.pop("plugged")
+    monkeypatch.setattr(fresh_registry, "_loaded", False)
+    with pytest.raises(BenchError, match="cannot load method entry point broken = plugged_pkg:Missing "
+                                         r"\(package plugged-pkg"):
+        fresh_registry.list_methods()

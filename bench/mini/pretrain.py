@@ -30,12 +30,12 @@ import torch.nn.functional as F
 
 from bench import log
 from bench.fileio import atomic_open, file_lock
-from bench.paths import cache_dir, repo_root
+from bench.paths import PACKAGE_DIR, cache_dir
 
 from . import render as R
 
 ARCH = "mini"
-CONFIG_PATH = repo_root() / "bench" / "model_configs" / "mini.json"
+CONFIG_PATH = PACKAGE_DIR / "model_configs" / "mini.json"
 CHECKPOINT_NAME = "mini_clip.pt"
 
 # every setting that changes the checkpoint is in here (and so in the key)
