@@ -54,18 +54,19 @@ def set_seed(seed: int | None) -> None:
 
 def metrics(logits: torch.Tensor, labels: torch.Tensor, classnames: list[str]) -> dict:
     """Top-1 (micro) accuracy, per-class accuracy and macro-F1 (Dassl's: over the labels present), in percent."""
-    from sklearn.metrics import f1_score
-
     pred = logits.argmax(dim=1).cpu().numpy()
     y = labels.cpu().numpy()
-    per_class = {}
+    per_class, f1 = {}, []
     for c in np.unique(y):
         mask = y == c
         per_class[classnames[int(c)]] = float(100.0 * (pred[mask] == c).mean())
+        tp = int((pred[mask] == c).sum())  # F1 = 2TP / (2TP + FP + FN), 0 when undefined (as scikit-learn)
+        denom = 2 * tp + int((pred[~mask] == c).sum()) + int(mask.sum()) - tp
+        f1.append(2 * tp / denom if denom else 0.0)
     return {
         "top1": float(100.0 * (pred == y).mean()) if len(y) else float("nan"),
         "per_class": per_class,
-        "macro_f1": float(100.0 * f1_score(y, pred, average="macro", labels=np.unique(y))) if len(y) else float("nan"),
+        "macro_f1": float(100.0 * np.mean(f1)) if len(y) else float("nan"),
         "n_test": int(len(y)),
         "n_classes": len(classnames),
     }
@@ -135,7 +136,7 @@ def build_train_data(config: dict, backbone, cache: FeatureCache, data_root):
     n_views = int(config.get("views") or 1)
     data = TrainData(
         labels=labels,
-        view=lambda v: cache.get(root, paths, "train", v % n_views),
+        view=cache.views(root, paths, seed=tr["seed"], n_views=n_views),  # augmentation keyed by (seed, image, view)
         n_views=n_views,
         eval_features=cache.get(root, paths, "eval"),
         val_features=cache.get(root, [it.path for it in val], "eval") if val else None,
