@@ -146,14 +146,17 @@ def numerics_key(backbone) -> str:
     return f"{backbone.precision}-{kind}-torch{torch.__version__.split('+')[0]}"
 
 
-def default_workers() -> int:
-    """DataLoader workers for decoding: the CPUs this process may run on (its affinity, e.g. a SLURM allocation,
-    not the whole node), at most 8; 0 (decode in the main process) with a single CPU."""
+def default_workers(device: str = "cpu") -> int:
+    """DataLoader workers for decoding, from the CPUs this process may run on (its affinity, e.g. a SLURM
+    allocation, not the whole node): all of them (at most 8) when a GPU encodes, all but one when the CPU
+    encodes (that one runs the encoder, overlapped); 0 (decode in the main process) with a single CPU."""
     try:
         n = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         n = os.cpu_count() or 1
-    return 0 if n <= 1 else min(8, n)
+    if n <= 1:
+        return 0
+    return min(8, n if torch.device(device).type == "cuda" else n - 1)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -227,11 +230,38 @@ class _Bank:
 # ---------------------------------------------------------------------------------------------------------------
 # Decoding + augmentation (in DataLoader workers)
 
-class _Jobs(torch.utils.data.Dataset):
-    """Item i: image jobs[i][0] decoded once -> its views jobs[i][1] (None = eval transform), stacked."""
+def _split(transform):
+    """(PIL-stage transform, mean, std) when ``transform`` ends with ToTensor + Normalize, else None.
 
-    def __init__(self, root: Path, jobs: list[tuple[str, tuple]], eval_tf, train_tf, seed):
-        self.root, self.jobs, self.eval_tf, self.train_tf, self.seed = root, jobs, eval_tf, train_tf, seed
+    Workers then hand over uint8 images (4x fewer bytes between processes and to the GPU) and the main process
+    applies ToTensor's /255 and Normalize to the whole batch: the same float operations, the same pixels."""
+    import torchvision.transforms as T
+
+    steps = getattr(transform, "transforms", None)
+    if not isinstance(transform, T.Compose) or len(steps) < 2 or type(steps[-2]) is not T.ToTensor \
+            or type(steps[-1]) is not T.Normalize or steps[-1].inplace:
+        return None
+    norm = steps[-1]
+    mean = torch.as_tensor(norm.mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.as_tensor(norm.std, dtype=torch.float32).view(1, -1, 1, 1)
+    return T.Compose(steps[:-2]), mean, std
+
+
+def _to_uint8(img) -> torch.Tensor:
+    import numpy as np
+
+    hwc = torch.from_numpy(np.array(img, np.uint8, copy=True)).view(img.size[1], img.size[0], -1)
+    return hwc.permute(2, 0, 1).contiguous()  # CHW, as ToTensor lays it out
+
+
+class _Jobs(torch.utils.data.Dataset):
+    """Item i: image jobs[i][0] decoded once -> its views jobs[i][1] (None = eval transform), stacked:
+    uint8 (k, C, H, W) when both transforms split (see :func:`_split`), else the transforms' float tensors."""
+
+    def __init__(self, root: Path, jobs: list[tuple[str, tuple]], eval_tf, train_tf, seed, split: bool):
+        self.root, self.jobs, self.seed, self.split = root, jobs, seed, split
+        self.eval_tf = _split(eval_tf)[0] if split else eval_tf
+        self.train_tf = _split(train_tf)[0] if split else train_tf
 
     def __len__(self):
         return len(self.jobs)
@@ -239,15 +269,17 @@ class _Jobs(torch.utils.data.Dataset):
     def __getitem__(self, i):
         rel, views = self.jobs[i]
         path = self.root / rel
-        t0 = time.perf_counter()
+        t0 = time.thread_time()  # CPU time of this worker: meaningful on a busy machine too
         try:
             with Image.open(path) as im:
                 img = im.convert("RGB")
         except Exception as e:  # noqa: BLE001 - reported to the user as one line in the main process
             return None, i, f"cannot decode image {path}: {type(e).__name__}: {e}".splitlines()[0], 0.0, 0.0
-        t1 = time.perf_counter()
+        t1 = time.thread_time()
         xs = [self.eval_tf(img) if v is None else augment(img, self.train_tf, self.seed, rel, v) for v in views]
-        return torch.stack(xs), i, "", t1 - t0, time.perf_counter() - t1
+        if self.split:
+            xs = [_to_uint8(x) for x in xs]
+        return torch.stack(xs), i, "", t1 - t0, time.thread_time() - t1
 
 
 def _collate(batch):
@@ -288,7 +320,7 @@ class FeatureCache:
     float32 features; ``cache.views(root, relpaths, seed, n_views)`` -> :class:`TrainViews`.
 
     ``stats`` counts rows served from the cache (``hits``), rows encoded (``encoded``), files written and the
-    seconds spent decoding, augmenting (summed over workers), encoding and writing.
+    seconds spent decoding and augmenting (CPU time summed over workers), encoding, writing and filling (wall).
     """
 
     def __init__(self, backbone, root: Path | None = None, batch_size: int = 128, workers: int | None = None,
@@ -296,13 +328,13 @@ class FeatureCache:
         self.backbone = backbone
         self.root = Path(root) if root is not None else cache_dir() / "features"
         self.batch_size = batch_size
-        self.workers = default_workers() if workers is None else workers
+        self.workers = default_workers(backbone.device) if workers is None else workers
         if memory_mb is None:
             memory_mb = float(os.environ.get("BENCH_FEATURE_MEMORY_MB", 2048))
         self.memory_bytes = int(memory_mb * 2**20)
         self.flush_bytes = int(flush_mb * 2**20)
         self.stats = {"hits": 0, "encoded": 0, "files_written": 0, "decode_s": 0.0, "augment_s": 0.0,
-                      "encode_s": 0.0, "write_s": 0.0, "read_s": 0.0}
+                      "encode_s": 0.0, "write_s": 0.0, "read_s": 0.0, "fill_s": 0.0}
         self._banks: OrderedDict[Path, _Bank] = OrderedDict()
         self._base: Path | None = None
         stats_file = os.environ.get("BENCH_FEATURE_STATS")
@@ -478,6 +510,7 @@ class FeatureCache:
     def _encode(self, root: Path, relpaths, keys, todo: dict, seed, claim: Path) -> None:
         """Decode each image with a missing row once, draw its missing views, encode in batches, write banks."""
         b = self.backbone
+        t_fill = time.perf_counter()
         per_image: dict[int, list] = {}
         for (view, folder), miss in todo.items():
             for i in miss:
@@ -502,7 +535,11 @@ class FeatureCache:
         total = sum(len(vs) for _, vs in jobs)
         workers = self.workers if total > self.batch_size else 0  # a handful of images: no worker start-up
         cuda = torch.device(b.device).type == "cuda"
-        ds = _Jobs(root, jobs, b.eval_transform, b.train_transform, seed)
+        split = _split(b.eval_transform), _split(b.train_transform)
+        norm = None
+        if split[0] and split[1] and all(torch.equal(split[0][k], split[1][k]) for k in (1, 2)):
+            norm = split[0][1].to(b.device), split[0][2].to(b.device)
+        ds = _Jobs(root, jobs, b.eval_transform, b.train_transform, seed, split=norm is not None)
         loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=workers, collate_fn=_collate,
                                              pin_memory=cuda, persistent_workers=False,
                                              prefetch_factor=4 if workers else None)
@@ -518,6 +555,9 @@ class FeatureCache:
             self.stats["decode_s"] += dec
             self.stats["augment_s"] += aug
             t0 = time.perf_counter()
+            if norm is not None:  # ToTensor + Normalize of the whole batch, as the transform does per image
+                x = x.to(b.device, non_blocking=True).float()
+                x.div_(255).sub_(norm[0]).div_(norm[1])
             f = b.encode_image(x).cpu()
             self.stats["encode_s"] += time.perf_counter() - t0
             for j in idx:
@@ -533,6 +573,7 @@ class FeatureCache:
                 os.utime(claim)
                 last_touch = time.time()
         self._flush(chunks, rows)
+        self.stats["fill_s"] += time.perf_counter() - t_fill
 
     def _flush(self, chunks: list[torch.Tensor], rows: list[tuple[Path, str]]) -> None:
         """Write the encoded rows: one segment per bank."""

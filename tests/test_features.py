@@ -124,9 +124,10 @@ def test_transform_key_is_explicit_and_follows_parameters(bb):
 def test_worker_count_follows_cpu_affinity(monkeypatch, bb):
     monkeypatch.setattr(os, "cpu_count", lambda: 64)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4})
-    assert default_workers() == 5 and FeatureCache(bb).workers == 5
+    assert default_workers("cuda") == 5  # a GPU encodes: every allowed CPU decodes
+    assert default_workers("cpu") == 4 and FeatureCache(bb).workers == 4  # one CPU left to the encoder
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})
-    assert default_workers() == 0
+    assert default_workers("cuda") == default_workers("cpu") == 0
 
 
 def _only_segment(cache, root) -> Path:
@@ -183,6 +184,18 @@ def test_concurrent_processes_encode_missing_images_once(data, tiny_ckpt, tmp_pa
         encoded = pool.map(_encode_in_child, [(root, tmp_path, paths, str(tiny_ckpt))] * 2)
     assert sorted(encoded) == [0, len(paths)]
     assert not any((tmp_path).rglob("*.claim"))
+
+
+def test_cached_pixels_are_the_public_augmentation(data, bb, tmp_path):
+    """The cache's batched uint8 path gives exactly the pixels of augment() / the eval transform per image."""
+    paths, root = data["paths"], data["splits"].root
+    cache = FeatureCache(bb, root=tmp_path, workers=0)
+    got = cache.views(root, paths, 7, 3)(2)
+    imgs = [Image.open(root / p).convert("RGB") for p in paths]
+    x = torch.stack([augment(im, bb.train_transform, 7, p, 2) for im, p in zip(imgs, paths)])
+    assert torch.allclose(got, bb.encode_image(x), atol=1e-6)
+    x = torch.stack([bb.eval_transform(im) for im in imgs])
+    assert torch.allclose(cache.get(root, paths, "eval"), bb.encode_image(x), atol=1e-6)
 
 
 def test_memory_store_is_bounded(data, bb, tmp_path):
