@@ -250,7 +250,7 @@ def report(m: dict) -> str:
     lines = [
         f"backbone {m['backbone']} on {m['device']} ({m['precision']}); {m['dataset']}: {m['classes']} classes, "
         f"{m['images']} training images, {m['test_images']} test images; CoOp {m['epochs']} epochs, batch "
-        f"{m['batch_size']}; {m['workers']} decoding workers",
+        f"{m['batch_size']}; decoding workers: {m['workers']}",
         f"cold run, empty cache (one process): {m['cold_run_s']:.2f} s = views + eval features "
         f"{c['fill_s']:.2f} s wall [decode {c['decode_s']:.2f} s + augment {c['augment_s']:.2f} s CPU (workers), "
         f"encode {c['encode_s']:.2f} s, write {c['write_s']:.2f} s; {c['encoded']} images encoded, "
