@@ -114,10 +114,18 @@ def describe_transform(tf) -> object:
         return [describe_transform(t) for t in tf.transforms]
     if _is_function(tf):  # by name, and by its code (a lambda or an edited function gets another key)
         code = getattr(tf, "__code__", None)
-        body = _digest(repr((code.co_code, code.co_consts)), 8) if code is not None else ""
+        body = _code_digest(code) if code is not None else ""
         return f"{getattr(tf, '__module__', '')}.{tf.__qualname__}:{body}"
-    attrs = {k: _plain(v) for k, v in sorted(vars(tf).items()) if not k.startswith("_") and k != "training"}
+    attrs = {k: _plain(v) for k, v in sorted(getattr(tf, "__dict__", {}).items())
+             if not k.startswith("_") and k != "training"}
     return {"type": f"{type(tf).__module__}.{type(tf).__qualname__}", **attrs}
+
+
+def _code_digest(code) -> str:
+    """Digest of a function's bytecode and constants (nested code objects by their own digest, not their repr,
+    which holds an address)."""
+    consts = [_code_digest(c) if hasattr(c, "co_code") else repr(c) for c in code.co_consts]
+    return _digest(repr((code.co_code, consts, code.co_names)), 8)
 
 
 def _is_function(obj) -> bool:
