@@ -55,18 +55,19 @@ def set_seed(seed: int | None) -> None:
 
 def metrics(logits: torch.Tensor, labels: torch.Tensor, classnames: list[str]) -> dict:
     """Top-1 (micro) accuracy, per-class accuracy and macro-F1 (Dassl's: over the labels present), in percent."""
-    from sklearn.metrics import f1_score
-
     pred = logits.argmax(dim=1).cpu().numpy()
     y = labels.cpu().numpy()
-    per_class = {}
+    per_class, f1 = {}, []
     for c in np.unique(y):
         mask = y == c
         per_class[classnames[int(c)]] = float(100.0 * (pred[mask] == c).mean())
+        tp = int((pred[mask] == c).sum())  # F1 = 2TP / (2TP + FP + FN), 0 when undefined (as scikit-learn)
+        denom = 2 * tp + int((pred[~mask] == c).sum()) + int(mask.sum()) - tp
+        f1.append(2 * tp / denom if denom else 0.0)
     return {
         "top1": float(100.0 * (pred == y).mean()) if len(y) else float("nan"),
         "per_class": per_class,
-        "macro_f1": float(100.0 * f1_score(y, pred, average="macro", labels=np.unique(y))) if len(y) else float("nan"),
+        "macro_f1": float(100.0 * np.mean(f1)) if len(y) else float("nan"),
         "n_test": int(len(y)),
         "n_classes": len(classnames),
     }
@@ -126,6 +127,10 @@ def _split_for(data_root, dataset: str, classes: str):
     return splits.root, sub.test, sub.classnames
 
 
+def _on_device(view, dev):
+    return lambda v: view(v).to(dev)
+
+
 def build_train_data(config: dict, backbone, cache: FeatureCache, data_root):
     """Few-shot sample (the suite's shared, reference-identical picks) -> class subsample -> cached features."""
     from bench.data import fewshot_sample, load_splits, sample_file, subsample_classes, write_sample
@@ -143,7 +148,7 @@ def build_train_data(config: dict, backbone, cache: FeatureCache, data_root):
     n_views = int(config.get("views") or 1)
     data = TrainData(
         labels=labels,
-        view=lambda v: cache.get(root, paths, "train", v % n_views).to(dev),
+        view=_on_device(cache.views(root, paths, seed=tr["seed"], n_views=n_views), dev),  # keyed by (seed, image, view)
         n_views=n_views,
         eval_features=cache.get(root, paths, "eval").to(dev),
         val_features=cache.get(root, [it.path for it in val], "eval").to(dev) if val else None,
