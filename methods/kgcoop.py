@@ -11,9 +11,9 @@ W = 8.0 (``kg_weight``), batch 128, 100 epochs, lr 0.002.
 import torch
 import torch.nn.functional as F
 
-from bench.method import cosine_logits, handcrafted_text_features
+from bench.method import Param, cosine_logits, handcrafted_text_features
 from bench.registry import register_method
-from methods._prompts import optim_defaults
+from methods._prompts import OPTIM_SPEC, PROMPT_SPEC, optim_defaults
 from methods.coop import CoOp
 
 
@@ -21,6 +21,8 @@ from methods.coop import CoOp
 class KgCoOp(CoOp):
     description = "KgCoOp, CoOp + W·(1 - cos) to hand-crafted CLIP text features (W=8, batch 128, 100 epochs)"
     protocols = ("fewshot", "base2new", "domain_shift", "cross_dataset")
+    hparam_spec = {**PROMPT_SPEC, **OPTIM_SPEC,
+                   "kg_weight": Param(float, min=0.0, help="weight W of the knowledge-guided term")}
 
     @classmethod
     def default_hparams(cls, protocol, dataset, shots):
