@@ -6,7 +6,7 @@ import time
 
 from bench import log
 from bench.runner import execute_safely
-from bench.store import Store
+from bench.store import Store, release_claims
 
 WAIT_POLL_S = 1.0  # how often a command re-checks the runs another process is executing
 
@@ -46,16 +46,19 @@ def launch_local(grid: list[dict], store: Store, device: str | None = None) -> d
             claim.release()
         return True
 
-    for config in log.progress(todo, desc="runs", total=len(todo)):
-        if not attempt(config, None):
-            waiting[id(config)] = (config, time.time())
-    if waiting:
-        log.info(f"{len(waiting)} run(s) are being executed by another process: waiting for them")
-    while waiting:
-        time.sleep(WAIT_POLL_S)
-        for key, (config, seen_at) in list(waiting.items()):
-            if attempt(config, seen_at):  # released: done, failed there, or abandoned (then run here)
-                del waiting[key]
+    try:
+        for config in log.progress(todo, desc="runs", total=len(todo)):
+            if not attempt(config, None):
+                waiting[id(config)] = (config, time.time())
+        if waiting:
+            log.info(f"{len(waiting)} run(s) are being executed by another process: waiting for them")
+        while waiting:
+            time.sleep(WAIT_POLL_S)
+            for key, (config, seen_at) in list(waiting.items()):
+                if attempt(config, seen_at):  # released: done, failed there, or abandoned (then run here)
+                    del waiting[key]
+    finally:
+        release_claims()  # interrupted (Ctrl-C, SIGTERM): no claim of this process outlives it
     return {"total": len(grid), "skipped": len(grid) - len(todo), **counts}
 
 

@@ -125,6 +125,7 @@ class Claim:
 
     def __init__(self, path: Path):
         self.path = path
+        _HELD.add(self)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, daemon=True, name=f"claim {path.name}")
         self._thread.start()
@@ -138,6 +139,7 @@ class Claim:
 
     def release(self) -> None:
         self._stop.set()
+        _HELD.discard(self)
         info = _read_claim(self.path)
         if info is not None and info.get("pid") == os.getpid() and info.get("host") == socket.gethostname():
             self.path.unlink(missing_ok=True)
@@ -147,6 +149,15 @@ class Claim:
 
     def __exit__(self, *exc):
         self.release()
+
+
+_HELD: set = set()  # the claims this process holds
+
+
+def release_claims() -> None:
+    """Release every claim this process still holds (on the way out of an interrupted grid)."""
+    for claim in list(_HELD):
+        claim.release()
 
 
 def _read_claim(path: Path) -> dict | None:
@@ -294,7 +305,11 @@ class Store:
                 continue
             except OSError as e:
                 raise StoreError(f"cannot write {path}: {e.strerror or type(e).__name__}") from None
-            with os.fdopen(fd, "w") as fh:
-                json.dump({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}, fh)
-            return Claim(path)
+            try:
+                with os.fdopen(fd, "w") as fh:
+                    json.dump({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}, fh)
+                return Claim(path)
+            except BaseException:  # interrupted while claiming: leave no claim behind
+                path.unlink(missing_ok=True)
+                raise
         return None
