@@ -246,8 +246,11 @@ def cmd_data(args) -> int:
     if args.data_cmd == "check":
         keys = _csv(args.datasets)
         specs = [get_spec(k) for k in keys] if keys else [s for s in list_specs() if s.group in ("coop11", "imagenet_variant")]
-        if not Path(data_root).is_dir():
-            print(f"data root {data_root} does not exist")
+        try:
+            if not Path(data_root).is_dir():
+                print(f"data root {data_root} does not exist")
+        except OSError as e:
+            print(f"data root {data_root} cannot be read: {e.strerror}")
         ok = True
         for spec in specs:
             r = check_dataset(spec, data_root)

@@ -164,7 +164,8 @@ def expand(
     grid, seen = [], set()
     for name in methods:
         cls = get_method(name)
-        overrides = check_hparams(name, given)  # before any work: bad types and ranges refused in one line
+        check_hparams(name, given)  # before any work: bad types and ranges refused in one line
+        overrides = given  # labels and hashes keep the values as given; the run's hparams get the declared types
         for dataset in datasets:
             evals = evals_for(protocol, dataset, group)
             for k in shots if cls.needs_training else [0]:

@@ -86,7 +86,7 @@ def test_set_values_are_converted_to_the_declared_type(world, tmp_path):
     [c] = expand("fewshot", ["coop"], datasets=["eurosat"], shots=[1], seeds=[1], backbone=bb,
                  overrides={"lr": "1e-3", "n_ctx": "4", "epochs": 2.0})
     assert c["hparams"]["lr"] == 0.001 and isinstance(c["hparams"]["n_ctx"], int) and c["hparams"]["epochs"] == 2
-    assert c["label"] == "coop[epochs=2,lr=0.001,n_ctx=4]"
+    assert c["label"] == "coop[epochs=2.0,lr=1e-3,n_ctx=4]"  # the label says what was asked
     [lp] = expand("fewshot", ["linear_probe"], datasets=["eurosat"], shots=[1], seeds=[1], backbone=bb,
                   overrides={"C": "null"})
     assert lp["hparams"]["C"] is None
