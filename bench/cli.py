@@ -149,6 +149,12 @@ def preflight(grid: list[dict], load_backbone: bool = True, device: str | None =
     needed |= {(c["data_root"], e["dataset"]) for c in grid for e in c["evals"]}
     for root, dataset in sorted(needed):
         load_splits(dataset, root)
+    from bench.data import require_train_images
+    from bench.registry import get_method
+
+    for root, dataset in sorted({(c["data_root"], c["train"]["dataset"]) for c in grid
+                                 if get_method(c["method"]).needs_training}):
+        require_train_images(load_splits(dataset, root))
     if load_backbone:
         for spec in {json.dumps(c["backbone"], sort_keys=True): c["backbone"] for c in grid}.values():
             get_backbone(spec, grid[0].get("precision", "auto"), device)
@@ -176,6 +182,8 @@ def cmd_run(args) -> int:
         from bench.backbone import _resolve_device
 
         device = str(_resolve_device(args.device))
+    store.check_writable()  # before any work: a read-only store or a file named as one fails here
+    store.clean_stale()
     preflight(grid, load_backbone=args.launcher == "local", device=device)
     if args.launcher == "slurm":
         from bench.launch import launch_slurm
@@ -183,9 +191,14 @@ def cmd_run(args) -> int:
         launch_slurm(grid, store, args)
         return 0
     summary = launch_local(grid, store, device=device)
-    print(f"{summary['total']} runs: {summary['skipped']} already complete, {summary['ran']} ran, "
+    other = ""
+    if summary.get("by_other"):
+        other += f", {summary['by_other']} done by another process"
+    if summary.get("failed_other"):
+        other += f", {summary['failed_other']} failed in another process"
+    print(f"{summary['total']} runs: {summary['skipped']} already complete, {summary['ran']} ran{other}, "
           f"{summary['failed']} failed; results in {store.root}")
-    return 1 if summary["failed"] else 0
+    return 1 if summary["failed"] or summary.get("failed_other") else 0
 
 
 def cmd_status(args) -> int:
@@ -251,8 +264,11 @@ def cmd_data(args) -> int:
     if args.data_cmd == "check":
         keys = _csv(args.datasets)
         specs = [get_spec(k) for k in keys] if keys else [s for s in list_specs() if s.group in ("coop11", "imagenet_variant")]
-        if not Path(data_root).is_dir():
-            print(f"data root {data_root} does not exist")
+        try:
+            if not Path(data_root).is_dir():
+                print(f"data root {data_root} does not exist")
+        except OSError as e:
+            print(f"data root {data_root} cannot be read: {e.strerror}")
         ok = True
         for spec in specs:
             r = check_dataset(spec, data_root)
@@ -262,11 +278,17 @@ def cmd_data(args) -> int:
                 line += f" expected {r.get('expected')}"
                 if r.get("detail"):
                     line += f" ({r['detail']})"
+            elif r.get("classes") is None:  # the dataset could not be read: say why
+                line += f" {r.get('message') or 'unreadable'}"
             else:
                 sizes = " ".join(f"{k}={v}" for k, v in (r.get("images") or {}).items())
                 line += f" {r.get('classes')} classes  {sizes}"
-                if r.get("first_missing"):
-                    line += f"  {r.get('n_missing')} files missing, first: {r['first_missing']}"
+                if r.get("missing_files") or r.get("empty_files"):
+                    line += (f"  {r.get('missing_files', 0)} files missing"
+                             + (f", {r['empty_files']} empty" if r.get("empty_files") else "")
+                             + f", first: {r['first_missing']}")
+                elif r["status"] != "found" and r.get("message"):
+                    line += f"  {r['message']}"
             print(line)
         return 0 if ok else 1
     splits = load_splits(get_spec(args.dataset), data_root)
@@ -326,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
                             "also $BENCH_MODEL_CONFIGS)")
 
     args = parser.parse_args(argv)
+    previous = _install_signal_handlers()
     try:
         if getattr(args, "model_configs", None):
             from bench.backbone import add_model_configs
@@ -341,9 +364,54 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: results written so far are kept", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        name = f" by {e.name}" if isinstance(e, Terminated) else ""
+        print(f"interrupted{name}: results written so far are kept", file=sys.stderr)
+        return 128 + (e.signum if isinstance(e, Terminated) else 2)
+    finally:
+        _restore_signal_handlers(previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM / SIGHUP, handled as Ctrl-C is: the run in progress stops, its claim and temporary files go,
+    completed results stay."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        super().__init__(signum)
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(signum)
+
+
+def _install_signal_handlers() -> dict:
+    """SIGTERM and SIGHUP as SIGINT; SIGXFSZ ignored (a file-size limit then fails the write with one line instead
+    of killing the process). Not inside a submitit job (SLURM), whose own handlers checkpoint and requeue, and
+    only from the main thread."""
+    import signal
+    import threading
+
+    if os.environ.get("SUBMITIT_EXECUTOR") or threading.current_thread() is not threading.main_thread():
+        return {}
+    previous = {}
+    for sig, handler in ((signal.SIGTERM, _raise_terminated), (signal.SIGHUP, _raise_terminated),
+                         (signal.SIGXFSZ, signal.SIG_IGN)):
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except (ValueError, OSError):
+            pass
+    return previous
+
+
+def _restore_signal_handlers(previous: dict) -> None:
+    import signal
+
+    for sig, handler in previous.items():
+        signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 # Sub-commands added by other modules (report, plots, perf, demo): each a function(subparsers) -> None.

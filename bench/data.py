@@ -287,16 +287,43 @@ def load_splits(spec_or_key: str | DatasetSpec, data_root: str | Path) -> Splits
     the exact expected folder or file) when something is missing. Image files are not checked here."""
     spec = get_spec(spec_or_key)
     root = _root_of(spec, data_root)
-    if not root.is_dir():
-        raise DataNotFound(f"dataset {spec.key} not found: expected folder {root} (see `bench data check`)", root)
     loader = {"split_json": _load_split_json, "imagenet": _load_imagenet,
               "fgvc_aircraft": _load_fgvc, "imagenet_variant": _load_variant}[spec.loader]
-    train, val, test, classnames = loader(spec, root)
+    try:
+        if not root.is_dir():
+            raise DataNotFound(f"dataset {spec.key} not found: expected folder {root} (see `bench data check`)", root)
+        train, val, test, classnames = loader(spec, root)
+    except OSError as e:  # unreadable folder or file (permissions, I/O error): one line naming it
+        where = e.filename or root
+        raise BenchError(f"dataset {spec.key}: cannot read {where}: {e.strerror or type(e).__name__}") from None
     return Splits(spec=spec, root=root, train=train, val=val, test=test, classnames=classnames)
+
+
+def require_train_images(splits: Splits) -> None:
+    """Every class needs at least one training image: a class without one would be missing from the trained
+    label space (the linear probe could never predict it; prompt learners would train on fewer classes)."""
+    have = {it.label for it in splits.train}
+    missing = [i for i in range(splits.num_classes) if i not in have]
+    if missing and splits.train:
+        names = ", ".join(f"'{splits.classnames[i]}'" for i in missing[:3]) + (" ..." if len(missing) > 3 else "")
+        raise BenchError(f"dataset {splits.spec.key}: {len(missing)} class(es) have no training image ({names}); "
+                         f"every class needs at least one")
 
 
 def _join(image_dir: str, rel: str) -> str:
     return posixpath.join(image_dir, rel) if image_dir else rel
+
+
+def _contained(image_dir: str, rel: str, where: str) -> str:
+    """``image_dir/rel`` if it stays inside the dataset root, else a one-line BenchError naming the entry.
+
+    The check is on the path as written (absolute paths and ``..`` escaping the root are refused); symbolic links inside the dataset root are followed as the data's owner laid them out."""
+    joined = _join(image_dir, rel)
+    norm = posixpath.normpath(joined)
+    if (not rel or rel.startswith("/") or "\0" in rel or posixpath.isabs(joined)
+            or norm == ".." or norm.startswith("../") or norm == "."):
+        raise BenchError(f"{where}: image path {rel!r} is not inside the dataset root")
+    return joined
 
 
 def _classnames_from(items: Iterable[Item], source) -> list[str]:
@@ -327,12 +354,15 @@ def _load_split_json(spec: DatasetSpec, root: Path):
     out = {}
     for s in SPLITS:
         entries = data.get(s) or []
+        if not isinstance(entries, list):
+            raise BenchError(f"split file {f}: {s!r} must be a list of [relative_path, int_label, classname] "
+                             f"entries, not {type(entries).__name__} {entries!r:.40}")
         items = []
         for i, e in enumerate(entries):
             if (not isinstance(e, (list, tuple)) or len(e) != 3 or not isinstance(e[0], str)
                     or not isinstance(e[1], int) or isinstance(e[1], bool) or not isinstance(e[2], str)):
                 raise BenchError(f"split file {f}: {s}[{i}] is not [relative_path, int_label, classname]: {e!r:.80}")
-            items.append(Item(_join(spec.image_dir, e[0]), e[1], e[2]))
+            items.append(Item(_contained(spec.image_dir, e[0], f"split file {f}: {s}[{i}]"), e[1], e[2]))
         out[s] = items
     if not any(out.values()):
         raise BenchError(f"split file {f}: train, val and test are all empty")
@@ -403,7 +433,7 @@ def _load_fgvc(spec: DatasetSpec, root: Path):
             cname = " ".join(parts[1:])
             if cname not in label_of:
                 raise BenchError(f"{f} line {n}: variant '{cname}' is not in {vfile}")
-            items.append(Item(_join(spec.image_dir, parts[0] + ".jpg"), label_of[cname], cname))
+            items.append(Item(_contained(spec.image_dir, parts[0] + ".jpg", f"{f} line {n}"), label_of[cname], cname))
         out[s] = items
     return out["train"], out["val"], out["test"], classnames
 
@@ -450,10 +480,14 @@ def check_dataset(spec: str | DatasetSpec, data_root: str | Path, stat_files: bo
         "images": {s: 0 for s in SPLITS}, "expected_images": dict(spec.sizes), "missing_files": 0,
         "empty_files": 0, "first_missing": None, "message": "", "notes": [], "synthetic": False,
     }
-    if not root.is_dir():
-        rep.update(status="missing", message=f"not found: expected folder {root}")
+    try:
+        if not root.is_dir():
+            rep.update(status="missing", message=f"not found: expected folder {root}")
+            return rep
+        rep["synthetic"] = (root / SYNTHETIC_MARKER).is_file()
+    except OSError as e:
+        rep.update(status="incomplete", message=f"cannot read {e.filename or root}: {e.strerror or type(e).__name__}")
         return rep
-    rep["synthetic"] = (root / SYNTHETIC_MARKER).is_file()
     try:
         splits = load_splits(spec, data_root)
     except DataNotFound as e:

@@ -131,6 +131,89 @@ def cosine_logits(image_features: torch.Tensor, text_features: torch.Tensor, log
     return logit_scale * F.normalize(image_features, dim=-1) @ F.normalize(text_features, dim=-1).t()
 
 
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+@dataclass(frozen=True)
+class Param:
+    """A method's declaration of one hyperparameter (``Method.hparam_spec``): its type, inclusive ``min``/``max``
+    bounds, allowed ``choices``, whether ``None`` is allowed, and a short ``help`` for error messages."""
+
+    type: type
+    min: float | None = None
+    max: float | None = None
+    choices: tuple | None = None
+    nullable: bool = False
+    help: str = ""
+
+    def allowed(self) -> str:
+        """The allowed values in words, e.g. 'an integer >= 1' or one of end, middle, front."""
+        if self.choices is not None:
+            text = "one of " + ", ".join(map(str, self.choices))
+        else:
+            text = _TYPE_NAMES.get(self.type, self.type.__name__)
+            if self.min is not None and self.max is not None:
+                text += f" in [{self.min}, {self.max}]"
+            elif self.min is not None:
+                text += f" >= {self.min}"
+            elif self.max is not None:
+                text += f" <= {self.max}"
+        return text + (" (or null)" if self.nullable else "")
+
+    def convert(self, key: str, value: Any, where: str = "") -> Any:
+        """``value`` (as given, strings from ``--set`` included) as the declared type; BenchError otherwise."""
+        def bad() -> BenchError:
+            return BenchError(f"bad value {value!r} for hyperparameter {key}{where}: expected {self.allowed()}"
+                              + (f" ({self.help})" if self.help else ""))
+
+        if value is None or (self.nullable and isinstance(value, str) and value.strip().lower() in ("none", "null", "~")):
+            if self.nullable:
+                return None
+            raise bad()
+        if self.type is bool:
+            if isinstance(value, bool):
+                out = value
+            elif isinstance(value, str) and value.strip().lower() in ("true", "yes", "1", "false", "no", "0"):
+                out = value.strip().lower() in ("true", "yes", "1")
+            else:
+                raise bad()
+        elif self.type is int:
+            if isinstance(value, bool):
+                raise bad()
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            if isinstance(value, str):
+                try:
+                    value = int(value.strip())
+                except ValueError:
+                    raise bad() from None
+            if not isinstance(value, int):
+                raise bad()
+            out = value
+        elif self.type is float:
+            if isinstance(value, bool):
+                raise bad()
+            try:
+                out = float(value.strip() if isinstance(value, str) else value)
+            except (TypeError, ValueError):
+                raise bad() from None
+            if out != out or out in (float("inf"), float("-inf")):
+                raise bad()
+        elif self.type is str:
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise bad()
+            out = str(value)
+        else:
+            if not isinstance(value, self.type):
+                raise bad()
+            out = value
+        if self.choices is not None and out not in self.choices:
+            raise bad()
+        if (self.min is not None and out < self.min) or (self.max is not None and out > self.max):
+            raise bad()
+        return out
+
+
 class Unsupported(BenchError):
     """Raised by a method asked for something it cannot do (e.g. unseen class names for a CSC context)."""
 
@@ -142,6 +225,9 @@ class Method:
     needs_training: ClassVar[bool] = True      # False: shots and seed do not matter (zero-shot)
     protocols: ClassVar[tuple[str, ...]] = ("fewshot", "base2new", "domain_shift", "cross_dataset")
     description: ClassVar[str] = ""
+    # Every key default_hparams returns, declared with its type and range: `--set` values are converted and
+    # checked against it when the grid is built (unknown keys and out-of-range values are refused).
+    hparam_spec: ClassVar[dict[str, Param]] = {}
 
     @classmethod
     def default_hparams(cls, protocol: str, dataset: str, shots: int) -> dict:

@@ -84,8 +84,11 @@ def evals_for(protocol: str, dataset: str, group: str) -> list[dict]:
 
 def parse_int_list(text: str, what: str) -> list[int]:
     """'1,2,4' -> [1, 2, 4]; one-line error otherwise."""
+    parts = str(text).split(",")
+    if any(x.strip() == "" for x in parts) and str(text).strip() != "":
+        raise BenchError(f"bad --{what} {text!r}: empty entry in the list (expected e.g. 1,2,4)")
     try:
-        values = [int(x) for x in str(text).split(",") if x.strip() != ""]
+        values = [int(x) for x in parts if x.strip() != ""]
     except ValueError:
         raise BenchError(f"bad --{what} {text!r}: expected comma-separated integers, e.g. 1,2,4,8,16") from None
     if not values:
@@ -112,6 +115,17 @@ def parse_overrides(pairs: list[str] | None) -> dict:
             parsed = value
         out[key.strip()] = parsed if isinstance(parsed, (int, float, bool, str)) or parsed is None else value
     return out
+
+
+def check_hparams(method: str, hparams: dict) -> dict:
+    """``hparams`` converted to the method's declared types (``Method.hparam_spec``) and range-checked.
+
+    Raises a one-line BenchError naming the key and the allowed values; undeclared keys pass unchanged.
+    """
+    from bench.registry import get_method
+
+    spec = get_method(method).hparam_spec
+    return {k: spec[k].convert(k, v, f" of method {method}") if k in spec else v for k, v in hparams.items()}
 
 
 def method_label(method: str, overrides: dict) -> str:
@@ -155,20 +169,24 @@ def expand(
         get_spec(d)
     shots = shots or list(proto.shots)
     seeds = seeds or list(proto.seeds)
-    overrides = overrides or {}
+    if views is not None and (isinstance(views, bool) or not isinstance(views, int) or views < 1):
+        raise BenchError(f"bad --views {views!r}: the number of cached augmented views must be an integer >= 1")
+    given = overrides or {}
     grid, seen = [], set()
     for name in methods:
         cls = get_method(name)
+        check_hparams(name, given)  # before any work: bad types and ranges refused in one line
+        overrides = given  # labels and hashes keep the values as given; the run's hparams get the declared types
         for dataset in datasets:
             evals = evals_for(protocol, dataset, group)
             for k in shots if cls.needs_training else [0]:
                 for seed in seeds if cls.needs_training else [None]:
                     hp = cls.default_hparams(protocol, dataset, k)
-                    unknown = sorted(set(overrides) - set(hp))
+                    unknown = sorted(set(overrides) - set(hp) - set(cls.hparam_spec))
                     if unknown:
                         raise BenchError(f"unknown hyperparameter(s) {', '.join(unknown)} for method {name}; "
-                                         f"known: {', '.join(sorted(hp)) or '(none)'}")
-                    hp.update(overrides)
+                                         f"known: {', '.join(sorted(set(hp) | set(cls.hparam_spec))) or '(none)'}")
+                    hp = check_hparams(name, {**hp, **overrides})
                     epochs = hp.get("epochs")
                     n_views = _n_views(views or default_views, epochs)
                     label_extra = {}

@@ -135,8 +135,11 @@ def build_train_data(config: dict, backbone, cache: FeatureCache, data_root):
     """Few-shot sample (the suite's shared, reference-identical picks) -> class subsample -> cached features."""
     from bench.data import fewshot_sample, load_splits, sample_file, subsample_classes, write_sample
 
+    from bench.data import require_train_images
+
     tr = config["train"]
     splits = load_splits(tr["dataset"], data_root)
+    require_train_images(splits)
     sample = fewshot_sample(splits, tr["shots"], tr["seed"])
     if not sample_file(tr["dataset"], tr["shots"], tr["seed"]).is_file():
         write_sample(splits, tr["shots"], tr["seed"])  # the record users can diff against the reference's picks
@@ -169,6 +172,23 @@ def _draw_test(cache: FeatureCache, data_root, dataset: str, classes: str, per_c
         picks += sorted(rng.choice(idx, size=min(int(per_class), len(idx)), replace=False).tolist())
     chosen = [items[i] for i in picks]
     return cache.get(root, [it.path for it in chosen], "eval"), torch.tensor([it.label for it in chosen])
+
+
+_WARNED_SHOTS: set = set()
+
+
+def images_used(labels: torch.Tensor, classnames: list[str], train: dict) -> dict:
+    """The training images actually used per class (a class with fewer than K images uses all it has, as the
+    reference does); warns once per (dataset, shots) when that is fewer than the requested shots."""
+    counts = torch.bincount(labels.cpu(), minlength=len(classnames)).tolist()
+    short = [c for c, n in zip(classnames, counts) if n < train["shots"]]
+    if short and (train["dataset"], train["shots"]) not in _WARNED_SHOTS:
+        _WARNED_SHOTS.add((train["dataset"], train["shots"]))
+        log.info(f"warning: {train['dataset']}: {len(short)} of {len(classnames)} classes have fewer than "
+                 f"{train['shots']} training images (min {min(counts)}); all of theirs are used and the result "
+                 f"records the number per class")
+    return {"shots_requested": train["shots"], "min_per_class": min(counts) if counts else 0,
+            "max_per_class": max(counts) if counts else 0, "per_class": dict(zip(classnames, counts))}
 
 
 def label_space(config: dict, data_root) -> list[str]:
@@ -206,8 +226,10 @@ def execute(config: dict, store: Store | None = None, checkpointer: Checkpointer
     tr = config["train"]
     spec = get_spec(tr["dataset"])
     set_seed(tr["seed"])
+    train_images = None
     if cls.needs_training:
         train, classnames = build_train_data(config, backbone, cache, data_root)
+        train_images = images_used(train.labels, classnames, tr)
     else:
         train, classnames = None, label_space(config, data_root)
     ctx = Context(backbone=backbone, classnames=classnames, template=spec.template,
@@ -245,6 +267,7 @@ def execute(config: dict, store: Store | None = None, checkpointer: Checkpointer
         "config": config,
         "metrics": evaluations,
         "train_stats": stats,
+        "train_images": train_images,
         "templates": describe(),  # as trained; each evaluation records the templates that scored it
         "backbone_resolved": {"arch": backbone.arch, "identity": backbone.identity, "precision": backbone.precision,
                               "device": backbone.device, "deterministic": determinism},
@@ -260,8 +283,13 @@ def execute(config: dict, store: Store | None = None, checkpointer: Checkpointer
 
 def execute_safely(config: dict, store: Store, **kw) -> dict | None:
     """Like :func:`execute`, but a failing run is recorded (never losing other results) and returns None."""
+    from bench.fileio import DiskFull
+    from bench.store import StoreError
+
     try:
         return execute(config, store, **kw)
+    except (DiskFull, StoreError):
+        raise  # nothing more can be written: the grid stops with one line, results so far kept
     except BenchError as e:
         store.write_failure(config, str(e))
         log.info(f"FAILED {config['label']} {config['train']['dataset']}: {e}")

@@ -305,6 +305,8 @@ class FileCheckpointer:
         if not self.path.exists():
             return None
         try:
+            # weights_only: a checkpoint holds tensors, numbers, strings, lists and dicts only; a crafted file
+            # cannot run code (torch's restricted unpickler refuses every other global).
             return torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - a checkpoint only saves time: start the run over
             log.info(f"checkpoint {self.path} unreadable ({type(e).__name__}: {e}); starting the run from epoch 0")

@@ -9,9 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
+import socket
+import tempfile
+import threading
+import time
+from numbers import Real
 from pathlib import Path
 
-from bench.fileio import atomic_open
+from bench import log
+from bench.errors import BenchError
+from bench.fileio import DiskFull, atomic_open, clean_stale_temps
 from bench.paths import results_dir
 
 # Keys of a run config that do not change its numbers (where data lives, which device ran it).
@@ -28,8 +37,135 @@ def config_hash(config: dict) -> str:
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    with atomic_open(path) as fh:
-        fh.write(json.dumps(data, indent=1, sort_keys=True).encode())
+    try:
+        with atomic_open(path) as fh:
+            fh.write(json.dumps(data, indent=1, sort_keys=True).encode())
+    except DiskFull:
+        raise
+    except OSError as e:  # read-only folder, a file where a folder should be, ...
+        raise StoreError(f"cannot write {path}: {e.strerror or type(e).__name__}") from None
+
+
+class StoreError(BenchError):
+    """The results store cannot be written: nothing more can be stored, so the grid stops (results kept)."""
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, Real) and not isinstance(x, bool)
+
+
+def result_problem(data, config: dict | None = None) -> str | None:
+    """Why ``data`` (a parsed result file) is not a valid complete result, or None when it is one."""
+    if not isinstance(data, dict):
+        return f"a JSON {type(data).__name__}, not an object"
+    if data.get("status") != "complete":
+        return f"status is {data.get('status')!r}, not 'complete'"
+    cfg = data.get("config")
+    if not isinstance(cfg, dict):
+        return "no config object"
+    tr = cfg.get("train")
+    if not isinstance(cfg.get("method"), str) or not isinstance(cfg.get("protocol"), str) or not isinstance(tr, dict):
+        return "config lacks method, protocol or train"
+    if not isinstance(tr.get("dataset"), str) or not (tr.get("shots") is None or isinstance(tr.get("shots"), int)):
+        return "config.train lacks dataset or shots"
+    try:
+        h = config_hash(cfg)
+    except (TypeError, ValueError):
+        return "config is not hashable"
+    if data.get("hash") != h:
+        return "its hash does not match its config"
+    if config is not None and h != config_hash(config):
+        return "it belongs to another config"
+    metrics = data.get("metrics")
+    if not isinstance(metrics, dict) or not metrics:
+        return "metrics is not a non-empty object"
+    for name, m in metrics.items():
+        if not isinstance(m, dict):
+            return f"metrics[{name!r}] is not an object"
+        top1 = m.get("top1")
+        if top1 is None and "unsupported" not in m:
+            return f"metrics[{name!r}] has no top1"
+        if top1 is not None and (not _is_number(top1) or not (0 <= top1 <= 100 or math.isnan(top1))):
+            return f"metrics[{name!r}].top1 is not a percentage"
+        if m.get("macro_f1") is not None and not _is_number(m["macro_f1"]):
+            return f"metrics[{name!r}].macro_f1 is not a number"
+        pc = m.get("per_class")
+        if pc is not None and (not isinstance(pc, dict) or not all(_is_number(v) for v in pc.values())):
+            return f"metrics[{name!r}].per_class is not an object of numbers"
+    return None
+
+
+_REPORTED: set = set()
+
+
+def _report_invalid(path: Path, why: str) -> None:
+    if str(path) not in _REPORTED:
+        _REPORTED.add(str(path))
+        log.info(f"warning: invalid result file {path} ({why}): not counted as done; `bench run` redoes it")
+
+
+# A run's claim is refreshed every CLAIM_HEARTBEAT_S; one not refreshed for CLAIM_STALE_S is abandoned (its process
+# died on another host, or hangs); on this host a claim whose process is gone is abandoned at once.
+CLAIM_HEARTBEAT_S = 30.0
+CLAIM_STALE_S = float(os.environ.get("BENCH_CLAIM_STALE_S", 300))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Claim:
+    """This process is executing a run: ``<result>.claim`` (pid, host, time), kept fresh by a heartbeat thread."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        _HELD.add(self)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True, name=f"claim {path.name}")
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(CLAIM_HEARTBEAT_S):
+            try:
+                os.utime(self.path)
+            except OSError:
+                return
+
+    def release(self) -> None:
+        self._stop.set()
+        _HELD.discard(self)
+        info = _read_claim(self.path)
+        if info is not None and info.get("pid") == os.getpid() and info.get("host") == socket.gethostname():
+            self.path.unlink(missing_ok=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+_HELD: set = set()  # the claims this process holds
+
+
+def release_claims() -> None:
+    """Release every claim this process still holds (on the way out of an interrupted grid)."""
+    for claim in list(_HELD):
+        claim.release()
+
+
+def _read_claim(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 class Store:
@@ -53,11 +189,16 @@ class Store:
             return None
 
     def load(self, config: dict) -> dict | None:
-        """The complete result of this run, or None."""
-        data = self._read(self.path_for(config))
-        if data and data.get("status") == "complete" and data.get("hash") == config_hash(config):
-            return data
-        return None
+        """The complete result of this run, or None (an invalid file is reported once, by path, and not used)."""
+        path = self.path_for(config)
+        if not path.exists():
+            return None
+        data = self._read(path)
+        why = "not readable JSON" if data is None else result_problem(data, config)
+        if why is not None:
+            _report_invalid(path, why)
+            return None
+        return data
 
     def is_complete(self, config: dict) -> bool:
         return self.load(config) is not None
@@ -75,17 +216,28 @@ class Store:
         return path
 
     def failure(self, config: dict) -> dict | None:
-        return self._read(self.failure_path(config))
+        """The failure record of this run, or None (an invalid one is reported once, by path)."""
+        path = self.failure_path(config)
+        if not path.exists():
+            return None
+        data = self._read(path)
+        if not isinstance(data, dict) or not isinstance(data.get("error", ""), str):
+            _report_invalid(path, "not a failure record")
+            return None
+        return data
 
     def all_results(self) -> list[dict]:
-        """Every complete result in the store."""
+        """Every valid complete result in the store (invalid files are reported once each, by path)."""
         out = []
-        for path in sorted(self.root.rglob("*.json")) if self.root.exists() else []:
+        for path in sorted(self.root.rglob("*.json")) if self.root.is_dir() else []:
             if path.name.endswith(".failed.json") or path.name.startswith("."):
                 continue
             data = self._read(path)
-            if data and data.get("status") == "complete":
+            why = "not readable JSON" if data is None else result_problem(data)
+            if why is None:
                 out.append(data)
+            else:
+                _report_invalid(path, why)
         return out
 
     def current_results(self) -> list[dict]:
@@ -107,3 +259,77 @@ class Store:
             log.info(f"left out {sum(stale.values())} result(s) made by an earlier version of the method's code "
                      f"({', '.join(f'{m}: {n}' for m, n in sorted(stale.items()))}); `bench run` redoes them")
         return out
+
+    # ---- before a grid runs: a writable store without leftovers ----------------------------------------------
+
+    def check_writable(self) -> None:
+        """One-line BenchError unless the store is (or can be made) a writable folder: checked before any work."""
+        root = self.root
+        if root.exists() and not root.is_dir():
+            raise StoreError(f"results store {root} is not a folder")
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=root, prefix=".write-test.", suffix=".tmp")
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError as e:
+            raise StoreError(f"results store {root} is not writable: {e.strerror or type(e).__name__}") from None
+
+    def clean_stale(self, max_age_s: float = 900.0) -> int:
+        """Remove temporary files that killed writers left (untouched for ``max_age_s``); returns how many."""
+        removed = clean_stale_temps(self.root, max_age_s)
+        if removed:
+            log.info(f"removed {len(removed)} stale temporary file(s) of interrupted writers under {self.root}")
+        return len(removed)
+
+    # ---- claims: concurrent commands on one store execute each run once ---------------------------------------
+
+    def claim_path(self, config: dict) -> Path:
+        return self.path_for(config).with_suffix(".claim")
+
+    def claim_holder(self, config: dict) -> dict | None:
+        """The live claim on this run (pid, host, time), or None when unclaimed or abandoned."""
+        path = self.claim_path(config)
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        info = _read_claim(path)
+        age = time.time() - st.st_mtime
+        if info is None:  # being written right now, or left empty by a crash
+            return {"pid": None, "host": None} if age < 10 else None
+        if info.get("host") == socket.gethostname() and isinstance(info.get("pid"), int):
+            if not _pid_alive(info["pid"]):
+                return None
+        if age > CLAIM_STALE_S:
+            return None
+        return info
+
+    def claim(self, config: dict) -> Claim | None:
+        """Claim this run for this process (``O_EXCL`` claim file), taking over an abandoned claim; None when
+        another live process holds it."""
+        path = self.claim_path(config)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(5):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if self.claim_holder(config) is not None:
+                    return None
+                stale = path.with_name(f".{path.name}.{os.getpid()}.stale")
+                try:  # atomic: of several processes taking over, one renames it, the others retry the O_EXCL
+                    os.rename(path, stale)
+                    stale.unlink(missing_ok=True)
+                except FileNotFoundError:
+                    pass
+                continue
+            except OSError as e:
+                raise StoreError(f"cannot write {path}: {e.strerror or type(e).__name__}") from None
+            try:
+                with os.fdopen(fd, "w") as fh:
+                    json.dump({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}, fh)
+                return Claim(path)
+            except BaseException:  # interrupted while claiming: leave no claim behind
+                path.unlink(missing_ok=True)
+                raise
+        return None

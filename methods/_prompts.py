@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from bench.errors import BenchError
-from bench.method import Unsupported, prompt_name
+from bench.method import Param, Unsupported, prompt_name
 
 POSITIONS = ("end", "middle", "front")
 PLACEHOLDER = "X"
@@ -31,6 +31,21 @@ OPTIM_KEYS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "warmup_
 
 
 # --------------------------------------------------------------------------------------------- hyperparameters
+
+OPTIM_SPEC = {
+    "epochs": Param(int, min=1, help="training epochs"),
+    "batch_size": Param(int, min=1, help="images per SGD step"),
+    "lr": Param(float, min=0.0, help="peak SGD learning rate"),
+    "momentum": Param(float, min=0.0, max=1.0, help="SGD momentum"),
+    "weight_decay": Param(float, min=0.0, help="SGD weight decay"),
+    "warmup_epochs": Param(int, min=0, help="epochs of constant warm-up learning rate"),
+    "warmup_lr": Param(float, min=0.0, help="warm-up learning rate"),
+}
+PROMPT_SPEC = {
+    "n_ctx": Param(int, min=1, help="learnable context vectors; ignored with ctx_init"),
+    "ctx_init": Param(str, help="words the context starts from; '' for random vectors"),
+    "class_token_position": Param(str, choices=POSITIONS, help="where the class name goes in the prompt"),
+}
 
 def optim_defaults(epochs: int, batch_size: int, lr: float = 0.002) -> dict:
     """SGD + 1 epoch constant warm-up at 1e-5 + cosine (docs/protocol.md §6)."""

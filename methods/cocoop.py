@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from bench.method import Method
 from bench.registry import register_method
 from bench.train import fit_epochs
-from methods._prompts import learner_from_hparams, optim_defaults, optim_kwargs
+from methods._prompts import OPTIM_SPEC, PROMPT_SPEC, learner_from_hparams, optim_defaults, optim_kwargs
 
 
 class CoCoOpNet(nn.Module):
@@ -37,6 +37,7 @@ class CoCoOpNet(nn.Module):
 @register_method("cocoop")
 class CoCoOp(Method):
     description = "CoCoOp, context + image-conditional meta-net shift (M=4 'a photo of a', batch 1, 10 epochs)"
+    hparam_spec = {**PROMPT_SPEC, **OPTIM_SPEC}
     eval_prompts_per_chunk = 8192  # test-time images per encoder call = this // n_classes (at least 1)
 
     @classmethod

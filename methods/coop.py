@@ -13,13 +13,14 @@ import torch.nn.functional as F
 from bench.method import Method, cosine_logits
 from bench.registry import register_method
 from bench.train import fit_epochs
-from methods._prompts import coop_defaults, learner_from_hparams, optim_kwargs
+from methods._prompts import OPTIM_SPEC, PROMPT_SPEC, coop_defaults, learner_from_hparams, optim_kwargs
 
 
 @register_method("coop")
 class CoOp(Method):
     description = "CoOp, unified learnable context (M=16 random few-shot; M=4 'a photo of a' otherwise)"
     csc = False
+    hparam_spec = {**PROMPT_SPEC, **OPTIM_SPEC}
 
     @classmethod
     def default_hparams(cls, protocol, dataset, shots):

@@ -39,9 +39,9 @@ cross_dataset                      (``--load-epoch 25``; Dassl saves only the la
 import torch
 import torch.nn.functional as F
 
-from bench.method import cosine_logits, handcrafted_text_features
+from bench.method import Param, cosine_logits, handcrafted_text_features
 from bench.registry import register_method
-from methods._prompts import optim_defaults
+from methods._prompts import OPTIM_SPEC, PROMPT_SPEC, optim_defaults
 from methods.coop import CoOp
 
 KGCOOP_SCHEDULE = {  # protocol -> (epochs, batch size); see the table above
@@ -56,6 +56,8 @@ KGCOOP_SCHEDULE = {  # protocol -> (epochs, batch size); see the table above
 class KgCoOp(CoOp):
     description = "KgCoOp, CoOp + W·(1 - cos) to hand-crafted CLIP text features (W=8; schedule per protocol)"
     protocols = ("fewshot", "base2new", "domain_shift", "cross_dataset")
+    hparam_spec = {**PROMPT_SPEC, **OPTIM_SPEC,
+                   "kg_weight": Param(float, min=0.0, help="weight W of the knowledge-guided term")}
 
     @classmethod
     def default_hparams(cls, protocol, dataset, shots):

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from bench.errors import BenchError
-from bench.method import Method, TrainData
+from bench.method import Method, Param, TrainData
 from bench.registry import register_method
 from methods._prompts import match_classes
 
@@ -96,6 +96,13 @@ def holdout_split(labels: np.ndarray, seed: int, per_class: int = 4) -> tuple[np
 class LinearProbe(Method):
     description = "linear probe: L2 logistic regression on frozen image features, C searched on the few-shot val"
     protocols = ("fewshot", "domain_shift")
+    hparam_spec = {
+        "max_iter": Param(int, min=1, help="lbfgs iterations"),
+        "search_steps": Param(int, min=0, help="bisection steps of the C search"),
+        "C": Param(float, min=1e-12, nullable=True, help="inverse L2 regularisation strength > 0; null: searched"),
+        "c_search_without_val": Param(str, choices=("holdout", "test"),
+                                      help="where C is searched when the dataset has no few-shot val split"),
+    }
 
     @classmethod
     def default_hparams(cls, protocol, dataset, shots):

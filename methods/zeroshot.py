@@ -12,7 +12,7 @@ re-normalised.
 
 import torch.nn.functional as F
 
-from bench.method import Method, cosine_logits, handcrafted_text_features
+from bench.method import Method, Param, cosine_logits, handcrafted_text_features
 from bench.registry import register_method
 
 IMAGENET_TEMPLATES_SELECT = [
@@ -30,6 +30,7 @@ IMAGENET_TEMPLATES_SELECT = [
 class ZeroShotCLIP(Method):
     needs_training = False
     description = "zero-shot CLIP, hand-crafted prompt per dataset (CoOp's CUSTOM_TEMPLATES)"
+    hparam_spec = {"templates": Param(str, choices=("custom", "ensemble"), help="the dataset's prompt or the ensemble")}
 
     @classmethod
     def default_hparams(cls, protocol, dataset, shots):
