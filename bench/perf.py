@@ -90,9 +90,8 @@ def measure(args) -> dict:
         out.update(dataset=f"{args.dataset} ({what})", classes=len(classnames), images=len(paths),
                    epochs=args.epochs)
         hp = CoOp.default_hparams("fewshot", args.dataset, args.shots)
-        ctx = Context(backbone=bb, classnames=classnames, template=spec.template,
-                      kgcoop_template=spec.kgcoop_template, dataset=args.dataset, hparams=hp, seed=1,
-                      log=lambda m: None)
+        ctx = Context(backbone=bb, classnames=classnames, template=spec.template, dataset=args.dataset, hparams=hp,
+                      seed=1, log=lambda m: None)
         opt_kw = {"batch_size": hp["batch_size"], "lr": hp["lr"]}
 
         # (a) cached: encode the views once, then time epochs reading them through a fresh cache object

@@ -1,7 +1,7 @@
 """KgCoOp (Yao et al., CVPR 2023; PROTOCOL §4.4): CoOp's unified context, kept close to hand-crafted CLIP text.
 
 Loss = CE + W · (1 − mean_c cos(t_c, w_clip_c)), where t_c is the learned text feature of class c and w_clip_c the
-frozen CLIP feature of the dataset's single KgCoOp template (``ctx.kgcoop_template``) filled with the class name
+frozen CLIP feature of the dataset's single KgCoOp template (:data:`KGCOOP_TEMPLATES`) filled with the class name
 (L2-normalised; cosine with eps 1e-7 as the reference's ``nn.CosineSimilarity``).  For unit vectors
 ‖a − b‖² = 2(1 − cos(a, b)), so this equals the paper's CE + λ · mean_c ‖w_c − w_clip_c‖² with λ = W/2 on
 normalised features.  Defaults for every protocol: 4 context vectors from "a photo of a", class token at the end,
@@ -16,10 +16,25 @@ from bench.registry import register_method
 from methods._prompts import optim_defaults
 from methods.coop import CoOp
 
+# KgCoOp's own per-dataset prompts for its w_clip targets (the reference kgcoop.py CUSTOM_TEMPLATES). They equal
+# the dataset's CoOp template except where listed here; any other dataset uses its own template.
+KGCOOP_TEMPLATES = {
+    "dtd": "a photo of a {}, a type of texture.",
+}
+
+
+def kgcoop_template(dataset: str, default: str) -> str:
+    return KGCOOP_TEMPLATES.get(dataset, default)
+
 
 @register_method("kgcoop")
 class KgCoOp(CoOp):
     description = "KgCoOp, CoOp + W·(1 - cos) to hand-crafted CLIP text features (W=8, batch 128, 100 epochs)"
+    display_name = "KgCoOp"
+    color = "#CC79A7"
+    marker = "D"
+    linestyle = "-"
+    order = 40
     protocols = ("fewshot", "base2new", "domain_shift", "cross_dataset")
 
     @classmethod
@@ -28,11 +43,12 @@ class KgCoOp(CoOp):
                 **optim_defaults(100, 128)}
 
     def template_info(self) -> dict:
-        return {**self.learner.info(), "kgcoop_template": self.ctx.kgcoop_template,
+        return {**self.learner.info(), "kgcoop_template": kgcoop_template(self.ctx.dataset, self.ctx.template),
                 "kg_weight": float(self.hp.get("kg_weight", 8.0))}
 
     def clip_text(self) -> torch.Tensor:
-        return handcrafted_text_features(self.ctx.backbone, self.ctx.kgcoop_template, self.ctx.classnames)
+        template = kgcoop_template(self.ctx.dataset, self.ctx.template)
+        return handcrafted_text_features(self.ctx.backbone, template, self.ctx.classnames)
 
     def loss(self, features, labels):
         text = self.learner.text_features(self.ctx.classnames)

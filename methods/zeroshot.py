@@ -24,6 +24,11 @@ IMAGENET_TEMPLATES_SELECT = [
 class ZeroShotCLIP(Method):
     needs_training = False
     description = "zero-shot CLIP, hand-crafted prompt per dataset (CoOp's CUSTOM_TEMPLATES)"
+    display_name = "Zero-shot CLIP"
+    color = "#3A3A3A"
+    marker = "*"
+    linestyle = "-"
+    order = 0
 
     @classmethod
     def default_hparams(cls, protocol, dataset, shots):
