@@ -10,9 +10,10 @@ Nothing here runs anything: it reads the store's result JSONs (one per run) and 
   dataset + Average), base-to-new (Base / New / H per dataset and the average row with H of the averaged
   B and N), domain shift (source, targets, target average), cross-dataset (source, targets, average of
   the targets). An average is given only when every dataset it averages is complete.
-* :func:`render` -- md | csv | latex, with the best entry per column marked (bold; '*' in csv).
-* :func:`paired_test` -- Wilcoxon signed-rank (or paired t) test of two methods over matched
-  (dataset, shots, seed) cells.
+* :func:`render` -- md | latex (the best entry per column in bold) | csv | json (numeric: one record per
+  cell with mean, std, n_seeds and the best / incomplete flags, see :func:`table_records`).
+* :func:`paired_tests` -- Wilcoxon signed-rank (or paired t) test of two methods over datasets (each
+  dataset's mean over seeds is one pair; one test per shot count) with a bootstrap CI of the mean difference.
 * ``--compare paper`` adds the published numbers of ``results/reference/*.csv`` and our difference to them.
 
 Heavy imports (pandas, numpy, scipy) happen inside functions so that ``bench --help`` stays fast.
