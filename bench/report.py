@@ -623,8 +623,9 @@ def table_records(t: Table) -> list[dict]:
                 "table": t.title, "protocol": t.protocol, "row_kind": r.kind, **idx, "column": key,
                 "mean": float(c.mean) if has_mean else None,
                 "std": float(c.std) if c.kind == "value" and c.std is not None and c.expected > 1 else None,
-                "n_seeds": int(c.n) if c.kind in ("value", "partial") else None,
-                "expected_seeds": int(c.expected) if c.kind in ("value", "partial") else None,
+                # averages over datasets have no seed count of their own
+                "n_seeds": int(c.n) if c.kind in ("value", "partial") and c.n else None,
+                "expected_seeds": int(c.expected) if c.kind in ("value", "partial") and c.n else None,
                 "best": bool(c.best),
                 "incomplete": c.kind in ("partial", "missing", "incomplete"),
                 "kind": c.kind, "status": c.status, "detail": c.detail,
