@@ -29,6 +29,8 @@ from torchvision import transforms as T
 from bench import log
 from bench.errors import BenchError
 
+RANDOM_INIT_MESSAGE = "Model initialized randomly"  # open_clip's log line for create_model(pretrained=None)
+
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
 open_clip.add_model_config(MODEL_CONFIG_DIR)
 MODEL_CONFIGS_ENV = "BENCH_MODEL_CONFIGS"
@@ -146,7 +148,10 @@ def create_backbone(arch: str, pretrained: str | None, device: str = "cpu", prec
         log.info(f"{checkpoint} holds OpenAI CLIP weights: building {name} with QuickGELU")
     with torch.random.fork_rng(devices=[]):  # random init (tests) is the same model in every process
         torch.manual_seed(0)
-        model = _create_model(name, tag, device, precision, force_quick_gelu)
+        # open_clip says "Model initialized randomly" when created without a tag: false when we load a checkpoint
+        quiet = log.drop_log_messages(RANDOM_INIT_MESSAGE) if state_dict is not None else contextlib.nullcontext()
+        with quiet:
+            model = _create_model(name, tag, device, precision, force_quick_gelu)
     if state_dict is not None:
         load_weights(model, state_dict, checkpoint, name)
 

@@ -18,10 +18,56 @@ from pathlib import Path
 from bench.errors import BenchError
 
 PRESETS = {
+    # The CoOp papers' setting: ViT-B/16 with OpenAI's weights on the 11 datasets (the default).
+    "coop11": {"backbone": "ViT-B-16", "pretrained": "openai", "group": "coop11"},
     # The miniature world: a tiny CLIP pretrained here and small procedural datasets (offline default).
     # 16 cached augmented views per image by default (the demo's), instead of one per epoch.
     "mini": {"backbone": "mini", "pretrained": "mini", "group": "mini", "views": 16},
 }
+
+
+def deprecated(old: str, new: str) -> None:
+    """One line on stderr for an old flag spelling that still works."""
+    print(f"note: {old} is deprecated; use {new}", file=sys.stderr)
+
+
+class DeprecatedAlias(argparse.Action):
+    """An old spelling of a flag: stores into the new flag's dest and prints a deprecation note."""
+
+    def __init__(self, option_strings, dest, new: str = "", **kw):
+        self.new = new
+        super().__init__(option_strings, dest, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        deprecated(option_string, self.new)
+        setattr(namespace, self.dest, values)
+
+
+def print_json(obj) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def infer_preset(results: str | None, protocol: str | None = None) -> str | None:
+    """'mini' when the store holds only results of the miniature world's datasets, 'coop11' when it holds
+    results of other datasets, None when it is empty (table/plot/status without --preset)."""
+    from bench.data import get_spec
+    from bench.store import Store
+
+    store = Store(results) if results else Store()
+    if not store.root.is_dir():
+        return None
+    groups = set()
+    for r in store.all_results():
+        c = r.get("config") or {}
+        if protocol and c.get("protocol") != protocol:
+            continue
+        try:
+            groups.add(get_spec(c["train"]["dataset"]).group)
+        except Exception:  # noqa: BLE001 - hand-made results of unknown datasets
+            groups.add("other")
+    if not groups:
+        return None
+    return "mini" if groups <= {"mini", "mini_variant"} else "coop11"
 
 
 def _csv(text: str | None) -> list[str] | None:
@@ -36,8 +82,11 @@ def add_grid_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--shots", help="comma-separated shot counts, e.g. 1,2,4,8,16")
     g.add_argument("--seeds", help="comma-separated seeds, e.g. 1,2,3")
     g.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
-                   help="override a hyperparameter (repeatable); changes the run hash and table label")
-    g.add_argument("--preset", choices=sorted(PRESETS), help="'mini': the miniature world (tiny CLIP + mini data)")
+                   help="override a hyperparameter (repeatable); changes the run hash and table label; "
+                        "KEY=a,b sweeps: one labelled set of runs per value")
+    g.add_argument("--preset", choices=sorted(PRESETS),
+                   help="'mini': the miniature world (tiny CLIP + mini data); 'coop11': ViT-B-16 openai on the 11 "
+                        "CoOp datasets (the default)")
     g.add_argument("--backbone", help="open_clip architecture (default ViT-B-16; 'mini' with --preset mini), one "
                                       "of --model-configs, or hf-hub:<org>/<repo>")
     g.add_argument("--pretrained", help="open_clip pretrained tag or checkpoint path (default openai)")
@@ -73,7 +122,7 @@ def _weights_id(pretrained: str | None, arch: str = "") -> str:
 
 def resolve_grid_args(args) -> dict:
     """Flags + preset -> everything a grid needs (one-line errors for bad input)."""
-    from bench.protocols import parse_int_list, parse_overrides
+    from bench.protocols import parse_int_list, parse_sweep
 
     preset = PRESETS.get(args.preset or "", {})
     if args.views is not None and args.views < 1:
@@ -95,13 +144,15 @@ def resolve_grid_args(args) -> dict:
 
         data_root = str(ensure_data())
     arch, _ = resolve_arch(backbone, pretrained)
+    sweep = parse_sweep(args.overrides)  # expanded before any validation: each set is checked on its own
     return {
         "protocol": args.protocol,
         "methods": _csv(args.methods),
         "datasets": _csv(args.datasets),
         "shots": parse_int_list(args.shots, "shots") if args.shots is not None else None,
         "seeds": parse_int_list(args.seeds, "seeds") if args.seeds is not None else None,
-        "overrides": parse_overrides(args.overrides),
+        "overrides": sweep[0],
+        "override_sets": sweep,
         "backbone": {"arch": arch, "pretrained": pretrained, "weights": _weights_id(pretrained, arch)},
         "group": preset.get("group", "coop11"),
         "precision": args.precision,
@@ -125,9 +176,12 @@ def build_grid(args) -> tuple[list[dict], dict]:
         methods = g["methods"]
     else:
         methods = [m for m in list_methods() if g["protocol"] in get_method(m).protocols]
-    grid = expand(g["protocol"], methods, datasets=g["datasets"], shots=g["shots"], seeds=g["seeds"],
-                  overrides=g["overrides"], backbone=g["backbone"], group=g["group"], precision=g["precision"],
-                  views=g["views"], data_root=g["data_root"], default_views=g["default_views"])
+    grid = []
+    for overrides in g["override_sets"]:  # a --set sweep: one labelled set of runs per value
+        grid += expand(g["protocol"], methods, datasets=g["datasets"], shots=g["shots"], seeds=g["seeds"],
+                       overrides=overrides, backbone=g["backbone"], group=g["group"], precision=g["precision"],
+                       views=g["views"], data_root=g["data_root"],
+                       default_views=g["default_views"])
     return grid, g
 
 
@@ -167,6 +221,16 @@ def cmd_run(args) -> int:
     store = _store(args)
     if args.dry_run:
         todo = {id(c) for c in pending(grid, store)}
+        if args.json:
+            from bench.store import config_hash
+
+            print_json({"runs": [{"state": "todo" if id(c) in todo else "done", "hash": config_hash(c),
+                                  "label": c["label"], "method": c["method"], "protocol": c["protocol"],
+                                  "overrides": c["overrides"], **c["train"],
+                                  "evals": [e["dataset"] + ("" if e["classes"] == "all" else ":" + e["classes"])
+                                            for e in c["evals"]]} for c in grid],
+                        "total": len(grid), "done": len(grid) - len(todo), "todo": len(todo)})
+            return 0
         for c in grid:
             tr = c["train"]
             state = "todo" if id(c) in todo else "done"
@@ -207,6 +271,12 @@ def cmd_status(args) -> int:
     from bench.slurm import print_status_details, run_states
     from bench.store import config_hash
 
+    if not (args.preset or args.datasets or args.backbone or args.pretrained):
+        inferred = infer_preset(args.results, args.protocol)
+        if inferred and inferred != "coop11":
+            args.preset = inferred
+            if not args.json:
+                print(f"note: the store holds {inferred} results: showing --preset {inferred}", file=sys.stderr)
     grid, _ = build_grid(args)
     store = _store(args)
     states = run_states(grid, store)  # done | pending | running | failed | missing (| unknown: queue unreachable)
@@ -220,6 +290,13 @@ def cmd_status(args) -> int:
             cols.append("unknown")
     width = {"done": 5, "pending": 8, "running": 8, "missing": 8, "failed": 7, "unknown": 8}
     keys = sorted({k[:3] for k in counts})
+    if args.json:
+        print_json({"columns": cols, "rows": [{"protocol": k[0], "label": k[1], "dataset": k[2],
+                                              **{c: counts[k + (c,)] for c in cols}} for k in keys],
+                    "runs": [{"hash": config_hash(c), "label": c["label"], **c["train"],
+                              "state": states[config_hash(c)]["state"], "job_id": states[config_hash(c)]["job_id"],
+                              "error": states[config_hash(c)].get("error")} for c in grid]})
+        return 0
     print(f"{'protocol':14} {'method':28} {'dataset':16} " + " ".join(f"{c:>{width[c]}}" for c in cols))
     for k in keys:
         print(f"{k[0]:14} {k[1]:28} {k[2]:16} " + " ".join(f"{counts[k + (c,)]:>{width[c]}}" for c in cols))
@@ -227,7 +304,41 @@ def cmd_status(args) -> int:
     return 0
 
 
+def _list_records(what: str) -> list[dict]:
+    if what == "methods":
+        from bench.registry import get_method, list_methods
+
+        out = []
+        for m in list_methods():
+            c = get_method(m)
+            out.append({"name": m, "description": c.description, "needs_training": c.needs_training,
+                        "protocols": list(c.protocols), "display_name": c.display_name, "color": c.color,
+                        "marker": c.marker, "linestyle": c.linestyle, "order": c.order})
+        return out
+    if what == "datasets":
+        import dataclasses
+
+        from bench.data import list_specs
+
+        return [{k: v for k, v in dataclasses.asdict(s).items() if k not in ("classname_map", "extra")}
+                for s in list_specs()]
+    if what == "backbones":
+        import open_clip
+
+        import bench.backbone  # noqa: F401 - registers the project's tiny architectures
+
+        return [{"name": n, "pretrained": open_clip.list_pretrained_tags_by_model(n)} for n in open_clip.list_models()]
+    import dataclasses
+
+    from bench.protocols import PROTOCOLS
+
+    return [dataclasses.asdict(p) for p in PROTOCOLS.values()]
+
+
 def cmd_list(args) -> int:
+    if args.json:
+        print_json(_list_records(args.what))
+        return 0
     if args.what == "methods":
         from bench.registry import get_method, list_methods
 
@@ -291,10 +402,35 @@ def cmd_data(args) -> int:
                     line += f"  {r['message']}"
             print(line)
         return 0 if ok else 1
-    splits = load_splits(get_spec(args.dataset), data_root)
-    path = write_sample(splits, args.shots, args.seed)
-    print(path)
+    from bench.protocols import parse_int_list
+
+    if not args.datasets:
+        raise BenchError("data sample needs --datasets D (comma-separated)")
+    shots = parse_int_list(args.shots, "shots")
+    seeds = parse_int_list(args.seeds, "seeds") if args.seeds is not None else [1]
+    for key in _csv(args.datasets):
+        splits = load_splits(get_spec(key), data_root)
+        for k in shots:
+            for s in seeds:
+                print(write_sample(splits, k, s))
     return 0
+
+
+def add_verbosity_args(parser, sub) -> None:
+    """-q/--quiet and -v/--verbose before or after the sub-command (``bench -q run ...`` = ``bench run ... -q``)."""
+    for p, default in [(parser, None)] + [(sp, argparse.SUPPRESS) for sp in _all_subparsers(sub)]:
+        p.add_argument("-q", "--quiet", action="store_true", default=default if default else False,
+                       help="only results, warnings and errors (no progress lines or bars)")
+        p.add_argument("-v", "--verbose", action="count", default=default if default else 0,
+                       help="more detail (library log lines we otherwise drop)")
+
+
+def _all_subparsers(sub) -> list:
+    out = []
+    for sp in dict.fromkeys(sub.choices.values()):  # aliases map to the same parser
+        nested = [a for a in sp._actions if isinstance(a, argparse._SubParsersAction)]
+        out += [sp] + [x for n in nested for x in _all_subparsers(n)]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -308,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     add_grid_args(p)
     p.add_argument("--dry-run", action="store_true", help="print the grid and what is already done")
     p.add_argument("--device", help="cpu | cuda | cuda:1 | mps ... for local runs (default: cuda if available)")
+    p.add_argument("--json", action="store_true", help="with --dry-run: the grid as JSON")
     p.add_argument("--launcher", default="local", choices=["local", "slurm"])
     p.add_argument("--slurm-profile", help="YAML profile in slurm/ (partition, account, gpus, time, ...)")
     p.add_argument("--slurm", action="append", metavar="KEY=VALUE",
@@ -317,22 +454,26 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("status", help="done / missing / failed runs of a grid")
     add_grid_args(p)
+    p.add_argument("--json", action="store_true", help="counts per (protocol, method, dataset) and every run as JSON")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("list", help="what is registered")
     p.add_argument("what", choices=["methods", "datasets", "backbones", "protocols"])
+    p.add_argument("--json", action="store_true", help="as JSON (every field)")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("data", help="check datasets, write few-shot samples")
     dsub = p.add_subparsers(dest="data_cmd", required=True)
     c = dsub.add_parser("check", help="found/missing, classes, images per split, first missing file")
     c.add_argument("--data-root")
-    c.add_argument("--datasets")
+    c.add_argument("--datasets", "--dataset", dest="datasets", help="comma-separated dataset keys")
     c.set_defaults(func=cmd_data)
     s = dsub.add_parser("sample", help="write the few-shot sample every method uses for (dataset, shots, seed)")
-    s.add_argument("--dataset", required=True)
-    s.add_argument("--shots", type=int, required=True)
-    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--datasets", help="comma-separated dataset keys")
+    s.add_argument("--shots", required=True, help="comma-separated shot counts")
+    s.add_argument("--seeds", help="comma-separated seeds (default 1)")
+    s.add_argument("--dataset", dest="datasets", action=DeprecatedAlias, new="--datasets", help=argparse.SUPPRESS)
+    s.add_argument("--seed", dest="seeds", action=DeprecatedAlias, new="--seeds", help=argparse.SUPPRESS)
     s.add_argument("--data-root")
     s.set_defaults(func=cmd_data)
 
@@ -347,8 +488,13 @@ def main(argv: list[str] | None = None) -> int:
                        help="a folder of open_clip model-config JSONs (<name>.json) to register (repeatable; "
                             "also $BENCH_MODEL_CONFIGS)")
 
+    add_verbosity_args(parser, sub)
+
     args = parser.parse_args(argv)
     previous = _install_signal_handlers()
+    from bench import log
+
+    log.set_verbosity(1 + getattr(args, "verbose", 0) - (1 if getattr(args, "quiet", False) else 0))
     try:
         if getattr(args, "model_configs", None):
             from bench.backbone import add_model_configs

@@ -95,7 +95,6 @@ class DatasetSpec:
     dir: str                      # folder under the data root, e.g. "caltech-101"
     loader: str                   # split_json | imagenet | fgvc_aircraft | imagenet_variant
     template: str                 # CoOp zero-shot CUSTOM_TEMPLATES entry (docs/protocol.md §4)
-    kgcoop_template: str          # KgCoOp kgcoop.py CUSTOM_TEMPLATES entry (§3.3)
     group: str                    # coop11 | imagenet_variant | mini | mini_variant
     num_classes: int              # of the real (released) dataset
     sizes: dict = field(default_factory=dict, compare=False)  # {"train","val","test"} of the released split
@@ -116,10 +115,9 @@ class DatasetSpec:
     source: str | None = None                # the YAML file it came from
     extra: dict = field(default_factory=dict, compare=False)           # any other YAML keys
 
-    def prompts(self, classnames: Iterable[str], kgcoop: bool = False) -> list[str]:
+    def prompts(self, classnames: Iterable[str]) -> list[str]:
         """The dataset's hand-crafted prompt for each class name (``_`` -> space)."""
-        tpl = self.kgcoop_template if kgcoop else self.template
-        return [tpl.format(class_names_for_prompt(c)) for c in classnames]
+        return [self.template.format(class_names_for_prompt(c)) for c in classnames]
 
 
 _SPEC_FIELDS = {f.name for f in dataclasses.fields(DatasetSpec)} - {"source", "extra"}
@@ -146,15 +144,13 @@ def _spec_from_dict_unchecked(d: Any, source: Path) -> DatasetSpec:
         raise BenchError(f"{where}: unknown loader '{d['loader']}'; known: {', '.join(LOADERS)}")
     if d["group"] not in GROUPS:
         raise BenchError(f"{where}: unknown group '{d['group']}'; known: {', '.join(GROUPS)}")
-    for t in ("template", "kgcoop_template"):
-        if t in d and "{}" not in str(d[t]):
-            raise BenchError(f"{where}: {t} must contain '{{}}'")
+    if "{}" not in str(d["template"]):
+        raise BenchError(f"{where}: template must contain '{{}}'")
     kw = {k: v for k, v in d.items() if k in _SPEC_FIELDS}
     kw["extra"] = {k: v for k, v in d.items() if k not in _SPEC_FIELDS}
     kw["source"] = str(source)
     kw = {k: v for k, v in kw.items() if v is not None or k in ("variant_of", "split_file")}
     kw.setdefault("display_name", d["name"])
-    kw.setdefault("kgcoop_template", d["template"])
     kw["image_dir"] = "" if kw.get("image_dir") in (None, ".", "./") else str(kw["image_dir"]).strip("/")
     kw["dir"] = str(kw["dir"])
     kw["num_classes"] = int(kw["num_classes"])

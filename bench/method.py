@@ -77,7 +77,6 @@ class Context:
     backbone: Any                                 # bench.backbone.Backbone (frozen, eval mode)
     classnames: list[str]                         # training label space, index = label
     template: str                                 # CoOp hand-crafted template of the dataset at hand (see above)
-    kgcoop_template: str                          # the training dataset's template for KgCoOp's w_clip targets
     dataset: str
     hparams: dict
     seed: int | None = None
@@ -218,6 +217,27 @@ class Unsupported(BenchError):
     """Raised by a method asked for something it cannot do (e.g. unseen class names for a CSC context)."""
 
 
+# Colours (Okabe-Ito / colour-blind safe, then tab10-like) and markers for methods that do not choose their own.
+DEFAULT_PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#8C564B",
+                   "#7F7F7F", "#BCBD22", "#17BECF", "#9467BD")
+DEFAULT_MARKERS = ("o", "s", "^", "v", "D", "P", "X", "h", "<", ">", "p", "*")
+DISPLAY_ATTRS = ("display_name", "color", "marker", "linestyle", "order")
+
+
+def _stable_index(text: str, n: int) -> int:
+    """The same index for the same text in every process (``hash()`` is salted per process)."""
+    import hashlib
+
+    return int(hashlib.sha256(text.encode()).hexdigest(), 16) % n
+
+
+def default_display(name: str) -> dict:
+    """Display attributes of a method (or a label) that sets none: colour and marker from its name's hash."""
+    return {"display_name": name, "color": DEFAULT_PALETTE[_stable_index(name, len(DEFAULT_PALETTE))],
+            "marker": DEFAULT_MARKERS[_stable_index("marker:" + name, len(DEFAULT_MARKERS))],
+            "linestyle": "-", "order": 1000}
+
+
 class Method:
     """Base class: subclass it in one file in ``methods/`` and decorate it with ``@register_method("name")``."""
 
@@ -228,6 +248,22 @@ class Method:
     # Every key default_hparams returns, declared with its type and range: `--set` values are converted and
     # checked against it when the grid is built (unknown keys and out-of-range values are refused).
     hparam_spec: ClassVar[dict[str, Param]] = {}
+    # How tables and figures show the method (the same in every figure). A class that leaves one out gets a
+    # default at registration: its name, a colour and marker picked by a hash of its name, "-", order 1000.
+    # (Attributes are per class: a subclass of a registered method does not inherit its parent's look.)
+    display_name: ClassVar[str] = ""           # legend / figure name, e.g. "CoOp"
+    color: ClassVar[str] = ""                  # hex colour, e.g. "#D55E00"
+    marker: ClassVar[str] = ""                 # matplotlib marker, e.g. "o"
+    linestyle: ClassVar[str] = "-"             # "-" or ":"
+    order: ClassVar[int] = 1000                # position in tables and legends (zeroshot 0, ..., user methods 1000)
+
+    @classmethod
+    def fill_display_defaults(cls, name: str) -> None:
+        """Give ``cls`` every display attribute it does not set in its own class body (called by the registry)."""
+        defaults = default_display(name)
+        for attr in DISPLAY_ATTRS:
+            if attr not in cls.__dict__:
+                setattr(cls, attr, defaults[attr])
 
     @classmethod
     def default_hparams(cls, protocol: str, dataset: str, shots: int) -> dict:

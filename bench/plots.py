@@ -2,13 +2,17 @@
 
 * fewshot: one panel per dataset plus a bold-titled "Average over N datasets" panel (first). x ticks at
   0, 1, 2, 4, 8, 16 shots with log2-like spacing; 0 = zero-shot CLIP, a star with a horizontal dashed
-  reference line; one line per method with round markers and a ±1 std band over seeds; the linear probe
-  dotted; y = accuracy (%); one shared legend. Written at full paper width (all panels) and at column width
-  (the average panel alone).
-* base2new: grouped bars Base / New / H per dataset (one bar per method), the average panel first.
+  reference line; one line per method in its own colour and marker and a ±1 std band over seeds; y =
+  accuracy (%); one shared legend. Written at full paper width (all panels) and at column width (the average
+  panel alone).
+* base2new: grouped bars Base / New / H per dataset (one bar per method) with ±1 std error bars, the
+  average panel first; the y axis starts near the data.
 
-Only complete cells (every expected seed) are drawn; skipped points are listed on stderr. PNG (200 dpi) and
-PDF go to ``results/figures/`` unless ``--out`` says otherwise; the written paths are printed.
+Colour, marker, line style, name and order of each method come from its class (``Method.display_name``,
+``color``, ``marker``, ``linestyle``, ``order``): the same in every figure. The figure says what the band is
+and which backbone. Only complete cells (every expected seed) are drawn; skipped points are listed on stderr,
+and a figure that would show nothing but zero-shot is refused. PNG (200 dpi) and PDF go to
+``results/figures/`` unless ``--out-dir`` says otherwise; the written paths are printed.
 """
 
 from __future__ import annotations
@@ -24,8 +28,6 @@ FULL_WIDTH_IN = 7.0     # two-column paper, full text width
 COLUMN_WIDTH_IN = 3.4   # one column
 DPI = 200
 DEFAULT_TICKS = (0, 1, 2, 4, 8, 16)
-DISPLAY = {"zeroshot": "Zero-shot CLIP", "linear_probe": "Linear probe CLIP", "coop": "CoOp", "cocoop": "CoCoOp",
-           "kgcoop": "KgCoOp", "maple": "MaPLe"}
 
 
 def default_out_dir() -> Path:
@@ -35,8 +37,9 @@ def default_out_dir() -> Path:
 
 
 def method_name(label: str) -> str:
-    base, sep, rest = label.partition("[")
-    return DISPLAY.get(base, base) + (f" [{rest}" if sep else "")
+    from bench.report import method_look
+
+    return method_look(label)["display_name"]
 
 
 def xpos(shots: int) -> float:
@@ -111,7 +114,8 @@ def fewshot_series(df, q) -> dict:
                 elif not zs:
                     points["average"].append((k, float("nan"), float("nan")))
             series[label] = {"zeroshot": zs, "points": points}
-        out[(arch, weights)] = {"datasets": dsets, "series": series, "skipped": skipped}
+        out[(arch, weights)] = {"datasets": dsets, "series": series, "skipped": skipped, "seeds": seeds,
+                                "found_seeds": sorted({int(s) for s in raw["seed"].dropna()})}
     return out
 
 
@@ -131,6 +135,7 @@ def base2new_bars(df, q) -> dict:
     agg = _select_labels(aggregate(sub, seeds, q.metric), q.methods)
     out = {}
     for (arch, weights), a in agg.groupby(["backbone", "weights"], sort=True):
+        raw = sub[(sub["backbone"] == arch) & (sub["weights"] == weights)]
         bars, skipped = {}, []
         for label in _order_labels(list(a["label"].unique()), q.methods):
             recs = a[a["label"] == label]
@@ -146,10 +151,24 @@ def base2new_bars(df, q) -> dict:
             if len(per) == len(dsets):
                 B = sum(v[0] for v in per.values()) / len(per)
                 N = sum(v[1] for v in per.values()) / len(per)
-                per["average"] = (B, N, harmonic(B, N), 0.0, 0.0)
+                per["average"] = (B, N, harmonic(B, N), *_seed_std_of_average(raw, label, dsets, seeds, q.metric))
             bars[label] = per
-        out[(arch, weights)] = {"datasets": dsets, "bars": bars, "skipped": skipped}
+        out[(arch, weights)] = {"datasets": dsets, "bars": bars, "skipped": skipped, "seeds": seeds}
     return out
+
+
+def _seed_std_of_average(raw, label, dsets, seeds, metric) -> tuple[float, float]:
+    """Population std over seeds of the per-seed averages over datasets of base and new (0 for zero-shot)."""
+    out = []
+    for cls in ("base", "new"):
+        v = raw[(raw["label"] == label) & raw["train_dataset"].isin(dsets)
+                & (raw["eval"] == raw["train_dataset"] + ":" + cls)]
+        if v["seed"].isna().all():
+            out.append(0.0)
+            continue
+        v = v[v["seed"].isin([float(s) for s in seeds])]
+        out.append(float(v.groupby("seed")[metric].mean().std(ddof=0)))
+    return out[0], out[1]
 
 
 # ------------------------------------------------------------------------------------------ drawing
@@ -165,54 +184,94 @@ def _mpl():
     return plt, sns
 
 
-def _colors(labels, sns) -> dict:
-    pal = sns.color_palette("colorblind", max(len(labels), 3))
-    return {lb: pal[i % len(pal)] for i, lb in enumerate(labels)}
+def styles(labels) -> dict:
+    """label -> {display_name, color, marker, linestyle, order}: the method class's look (bench.report.method_look)."""
+    from bench.report import method_look
+
+    return {lb: method_look(lb) for lb in labels}
 
 
-def _grid(n: int, max_cols: int = 4) -> tuple[int, int]:
-    cols = min(n, max_cols)
-    return math.ceil(n / cols), cols
+def grid_shape(n: int, max_cols: int = 4) -> tuple[int, int]:
+    """(rows, cols) for n panels: the fewest empty slots with at most ``max_cols`` columns (ties: more columns)."""
+    if n <= max_cols:
+        return 1, max(n, 1)
+    best = min(range(2, max_cols + 1), key=lambda c: (math.ceil(n / c) * c - n, -c))
+    return math.ceil(n / best), best
 
 
-def _draw_fewshot_panel(ax, series, key, colors, ticks, title, bold=False):
+def y_limits(lo: float, hi: float, cap: float = 100.0) -> tuple[float, float]:
+    """Limits around [lo, hi] with headroom (8 % of the range, at least 1 point), never above ``cap`` or below 0."""
+    pad = max(0.08 * (hi - lo), 1.0)
+    return max(0.0, lo - pad), min(cap, hi + pad)
+
+
+def _label_axes(fig, axes, n_panels: int, ylabel: str, xlabel: str | None) -> None:
+    """Hide the unused slots; y label on the first column; x label (and tick labels) on the lowest panel of
+    every column, which is the bottom row except above the empty slots."""
+    rows, cols = axes.shape
+    for i, ax in enumerate(axes.flat):
+        if i >= n_panels:
+            ax.set_visible(False)
+    for r in range(rows):
+        axes[r][0].set_ylabel(ylabel)
+    for c in range(cols):
+        col = [axes[r][c] for r in range(rows) if r * cols + c < n_panels]
+        for ax in col[:-1]:
+            ax.tick_params(labelbottom=False)
+        if col and xlabel:
+            col[-1].set_xlabel(xlabel)
+
+
+def _caption(fig, text: str) -> None:
+    fig.suptitle(text, fontsize="small", color="0.25")
+
+
+def _draw_fewshot_panel(ax, series, key, looks, ticks, title, bold=False) -> list[float]:
+    """Draw one panel; return the y values drawn (band edges included) for the limits."""
+    ys_all = []
     for label, s in series.items():
         pts = s["points"].get(key) or []
         if not any(m == m for _, m, _ in pts):  # nothing but gaps (NaN)
             continue
-        c = colors[label]
+        look = looks[label]
+        c = look["color"]
         if s["zeroshot"]:
             y = pts[0][1]
             ax.axhline(y, color=c, linestyle="--", linewidth=1.0, alpha=0.8)
-            ax.plot([0], [y], marker="*", markersize=10, color=c, linestyle="none", zorder=5)
+            ax.plot([0], [y], marker="*", markersize=10, color=c, linestyle="none", zorder=5, clip_on=False, gid=label)
+            ys_all.append(y)
             continue
         xs = [xpos(k) for k, _, _ in pts]
         ys = [m for _, m, _ in pts]
         sd = [v for _, _, v in pts]
-        ls = ":" if label.split("[", 1)[0] == "linear_probe" else "-"
-        ax.plot(xs, ys, marker="o", markersize=4, linewidth=1.5, linestyle=ls, color=c, zorder=4)
-        ax.fill_between(xs, [m - v for m, v in zip(ys, sd)], [m + v for m, v in zip(ys, sd)], color=c,
-                        alpha=0.18, linewidth=0)
+        ax.plot(xs, ys, marker=look["marker"], markersize=4, linewidth=1.5, linestyle=look["linestyle"], color=c,
+                zorder=4, clip_on=False, gid=label)
+        lo, hi = [m - v for m, v in zip(ys, sd)], [m + v for m, v in zip(ys, sd)]
+        ax.fill_between(xs, lo, hi, color=c, alpha=0.18, linewidth=0)
+        ys_all += [v for v in lo + hi if v == v]
     ax.set_xticks([xpos(k) for k in ticks])
     ax.set_xticklabels([str(k) for k in ticks])
     ax.set_xlim(-0.3, xpos(ticks[-1]) + 0.3)
+    if ys_all:
+        ax.set_ylim(*y_limits(min(ys_all), max(ys_all)))
     ax.set_title(title, fontweight="bold" if bold else "normal")
     ax.grid(True, alpha=0.4)
+    return ys_all
 
 
-def _legend_handles(series, colors):
+def _legend_handles(series, looks):
     from matplotlib.lines import Line2D
 
     handles, names = [], []
     for label, s in series.items():
-        c = colors[label]
+        look = looks[label]
         if s["zeroshot"]:
-            h = Line2D([0], [0], color=c, linestyle="--", marker="*", markersize=9)
+            h = Line2D([0], [0], color=look["color"], linestyle="--", marker="*", markersize=9)
         else:
-            ls = ":" if label.split("[", 1)[0] == "linear_probe" else "-"
-            h = Line2D([0], [0], color=c, linestyle=ls, marker="o", markersize=4, linewidth=1.5)
+            h = Line2D([0], [0], color=look["color"], linestyle=look["linestyle"], marker=look["marker"],
+                       markersize=4, linewidth=1.5)
         handles.append(h)
-        names.append(method_name(label))
+        names.append(look["display_name"])
     return handles, names
 
 
@@ -226,6 +285,10 @@ def _save(fig, base: Path, formats) -> list[Path]:
     return paths
 
 
+def _band_note(n_seeds: int, arch: str, weights: str) -> str:
+    return f"mean ± 1 std over {n_seeds} seed{'s' if n_seeds != 1 else ''}, {arch} ({weights})"
+
+
 def plot_fewshot(df, q, out_dir: Path, formats=("png", "pdf")) -> list[Path]:
     from bench.report import display_name
 
@@ -237,40 +300,40 @@ def plot_fewshot(df, q, out_dir: Path, formats=("png", "pdf")) -> list[Path]:
             _warn(f"[{arch}] skipped incomplete point: {s}")
         series = {lb: s for lb, s in d["series"].items()
                   if any(m == m for pts in s["points"].values() for _, m, _ in pts)}
-        if not series:
-            _warn(f"[{arch}] nothing complete to plot")
+        if not any(not s["zeroshot"] for s in series.values()):
+            have = ",".join(map(str, d["found_seeds"])) or "none"
+            _warn(f"[{arch}] nothing but zero-shot to draw: no trained method has every seed of "
+                  f"{','.join(map(str, d['seeds']))} (seeds in the store: {have}; pass --seeds)")
             continue
         present = sorted({k for s in series.values() for pts in s["points"].values() for k, m, _ in pts if m == m})
         ticks = sorted(set(DEFAULT_TICKS) | set(present))
-        colors = _colors(list(series), sns)
+        looks = styles(series)
         suffix = "" if len(data) == 1 else "-" + _slug(arch)
         dsets = d["datasets"]
         avg_title = f"Average over {len(dsets)} datasets"
-        handles, names = _legend_handles(series, colors)
+        handles, names = _legend_handles(series, looks)
+        note = _band_note(len(d["seeds"]), arch, weights)
         with sns.axes_style("whitegrid"), sns.plotting_context("paper", font_scale=0.85):
             # full width: the average panel first, then one panel per dataset
-            rows, cols = _grid(len(dsets) + 1)
-            fig, axes = plt.subplots(rows, cols, figsize=(FULL_WIDTH_IN, 1.85 * rows + 0.5), squeeze=False,
-                                     layout="constrained")
             panels = [("average", avg_title, True)] + [(k, display_name(k), False) for k in dsets]
+            rows, cols = grid_shape(len(panels))
+            fig, axes = plt.subplots(rows, cols, figsize=(FULL_WIDTH_IN, 1.85 * rows + 0.7), squeeze=False,
+                                     layout="constrained")
             for ax, (key, title, bold) in zip(axes.flat, panels):
-                _draw_fewshot_panel(ax, series, key, colors, ticks, title, bold)
-            for ax in list(axes.flat)[len(panels):]:
-                ax.set_visible(False)
-            for r in range(rows):
-                axes[r][0].set_ylabel("Accuracy (%)")
-            for ax in axes[-1]:
-                ax.set_xlabel("Shots per class")
+                _draw_fewshot_panel(ax, series, key, looks, ticks, title, bold)
+            _label_axes(fig, axes, len(panels), "Accuracy (%)", "Shots per class")
             fig.legend(handles, names, loc="outside lower center", ncol=min(len(names), 5), frameon=False)
+            _caption(fig, note)
             written += _save(fig, out_dir / f"fewshot{suffix}", formats)
             plt.close(fig)
             # column width: the average panel alone
-            fig, ax = plt.subplots(figsize=(COLUMN_WIDTH_IN, 2.2 + 0.18 * math.ceil(len(names) / 2)),
+            fig, ax = plt.subplots(figsize=(COLUMN_WIDTH_IN, 2.4 + 0.18 * math.ceil(len(names) / 2)),
                                    layout="constrained")
-            _draw_fewshot_panel(ax, series, "average", colors, ticks, avg_title, True)
+            _draw_fewshot_panel(ax, series, "average", looks, ticks, avg_title, True)
             ax.set_ylabel("Accuracy (%)")
             ax.set_xlabel("Shots per class")
             fig.legend(handles, names, loc="outside lower center", ncol=min(len(names), 2), frameon=False)
+            _caption(fig, note)
             written += _save(fig, out_dir / f"fewshot_average{suffix}", formats)
             plt.close(fig)
     return written
@@ -288,46 +351,64 @@ def plot_base2new(df, q, out_dir: Path, formats=("png", "pdf")) -> list[Path]:
         for s in d["skipped"]:
             _warn(f"[{arch}] skipped incomplete dataset: {s}")
         bars = {lb: v for lb, v in d["bars"].items() if v}
-        if not bars:
-            _warn(f"[{arch}] nothing complete to plot")
+        trained = [lb for lb in bars if not _seedless_label(df, lb)]
+        if not trained:
+            _warn(f"[{arch}] nothing but zero-shot to draw: no trained method has every seed of "
+                  f"{','.join(map(str, d['seeds']))} (pass --seeds)")
             continue
-        colors = _colors(list(bars), sns)
+        looks = styles(bars)
         suffix = "" if len(data) == 1 else "-" + _slug(arch)
         dsets = d["datasets"]
         panels = [("average", f"Average over {len(dsets)} datasets", True)] + [(k, display_name(k), False) for k in dsets]
         width = 0.8 / len(bars)
         with sns.axes_style("whitegrid"), sns.plotting_context("paper", font_scale=0.85):
-            rows, cols = _grid(len(panels))
-            fig, axes = plt.subplots(rows, cols, figsize=(FULL_WIDTH_IN, 1.85 * rows + 0.5), squeeze=False,
+            rows, cols = grid_shape(len(panels))
+            fig, axes = plt.subplots(rows, cols, figsize=(FULL_WIDTH_IN, 1.85 * rows + 0.7), squeeze=False,
                                      layout="constrained")
             for ax, (key, title, bold) in zip(axes.flat, panels):
+                lo, hi = [], []
                 for i, (label, per) in enumerate(bars.items()):
                     if key not in per:
                         continue
                     B, N, H, bs, ns = per[key]
                     x = np.arange(3) - 0.4 + width * (i + 0.5)
-                    ax.bar(x, [B, N, H], width=width * 0.95, color=colors[label])
-                    if key != "average" and (bs > 0 or ns > 0):  # ±1 std over seeds (none for H, zero-shot)
+                    ax.bar(x, [B, N, H], width=width * 0.95, color=looks[label]["color"], edgecolor="white",
+                           linewidth=0.3)
+                    if bs > 0 or ns > 0:  # ±1 std over seeds (none for H and zero-shot)
                         ax.errorbar(x[:2], [B, N], yerr=[bs, ns], fmt="none", ecolor="black", elinewidth=0.7,
                                     capsize=1.5)
+                    lo += [B - bs, N - ns, H]
+                    hi += [B + bs, N + ns, H]
+                if lo:
+                    bottom, top = y_limits(min(lo), max(hi))
+                    ax.set_ylim(math.floor(bottom / 5) * 5, top)  # near the data: 1-5 point gaps stay visible
                 ax.set_xticks(range(3))
                 ax.set_xticklabels(["Base", "New", "H"])
                 ax.set_title(title, fontweight="bold" if bold else "normal")
-            for ax in list(axes.flat)[len(panels):]:
-                ax.set_visible(False)
-            for r in range(rows):
-                axes[r][0].set_ylabel("Accuracy (%)")
+                ax.grid(True, axis="y", alpha=0.4)
+                ax.grid(False, axis="x")
+            _label_axes(fig, axes, len(panels), "Accuracy (%)", None)
             from matplotlib.patches import Patch
 
-            handles = [Patch(color=colors[lb]) for lb in bars]
-            fig.legend(handles, [method_name(lb) for lb in bars], loc="outside lower center",
+            handles = [Patch(color=looks[lb]["color"]) for lb in bars]
+            fig.legend(handles, [looks[lb]["display_name"] for lb in bars], loc="outside lower center",
                        ncol=min(len(bars), 5), frameon=False)
+            _caption(fig, _band_note(len(d["seeds"]), arch, weights).replace("mean ± 1 std", "error bars: ± 1 std")
+                     + "; the y axis does not start at 0")
             written += _save(fig, out_dir / f"base2new{suffix}", formats)
             plt.close(fig)
     return written
 
 
+def _seedless_label(df, label: str) -> bool:
+    rows = df[df["label"] == label]
+    return bool(len(rows)) and bool(rows["seed"].isna().all())
+
+
 # ------------------------------------------------------------------------------------------ CLI
+
+
+FIGURE_FORMATS = ("png", "pdf", "svg")
 
 
 def cmd_plot(args) -> int:
@@ -336,28 +417,38 @@ def cmd_plot(args) -> int:
     if args.protocol not in ("fewshot", "base2new"):
         raise BenchError(f"bench plot draws --protocol fewshot or base2new (got {args.protocol!r}); "
                          "use `bench table` for the other protocols")
-    formats = _csv_list(args.formats) or ["png", "pdf"]
-    bad = [f for f in formats if f not in ("png", "pdf", "svg")]
+    formats = _csv_list(args.format) or ["png", "pdf"]
+    bad = [f for f in formats if f not in FIGURE_FORMATS]
     if bad:
-        raise BenchError(f"unknown figure format(s) {', '.join(bad)}; known: png, pdf, svg")
+        raise BenchError(f"unknown figure format(s) {', '.join(bad)}; known: {', '.join(FIGURE_FORMATS)}")
     q = query_from_args(args)
     df = load_frame(args.results)
-    out = Path(args.out) if args.out else default_out_dir()
+    out = Path(args.out_dir) if args.out_dir else default_out_dir()
     fn = plot_fewshot if args.protocol == "fewshot" else plot_base2new
     paths = fn(df, q, out, formats)
     if not paths:
-        raise BenchError("nothing to plot: no complete cells (every expected seed) in this selection")
+        raise BenchError("nothing to plot: no trained method has complete cells (every expected seed) in this "
+                         "selection (see the lines above)")
     for p in paths:
         print(p)
     return 0
 
 
 def add_command(sub) -> None:
+    from bench.cli import DeprecatedAlias
     from bench.report import add_selection_args
 
     p = sub.add_parser("plot", help="the CoOp-style figures (few-shot curves, base-to-new bars) from the store")
     add_selection_args(p)
     p.add_argument("--shots", help="shot counts to draw (default: all present)")
-    p.add_argument("--out", help="output folder (default results/figures/)")
-    p.add_argument("--formats", default="png,pdf", help="comma-separated: png, pdf, svg (default png,pdf)")
+    p.add_argument("--out-dir", help="output folder (default results/figures/)")
+    p.add_argument("--format", default="png,pdf", help="comma-separated: png, pdf, svg (default png,pdf)")
+    p.add_argument("--out", dest="out_dir", action=DeprecatedAlias, new="--out-dir", help=argparse_suppress())
+    p.add_argument("--formats", dest="format", action=DeprecatedAlias, new="--format", help=argparse_suppress())
     p.set_defaults(func=cmd_plot)
+
+
+def argparse_suppress():
+    import argparse
+
+    return argparse.SUPPRESS

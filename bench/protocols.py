@@ -128,6 +128,43 @@ def check_hparams(method: str, hparams: dict) -> dict:
     return {k: spec[k].convert(k, v, f" of method {method}") if k in spec else v for k, v in hparams.items()}
 
 
+def parse_sweep(pairs: list[str] | None) -> list[dict]:
+    """``--set`` values with commas are sweeps: ['n_ctx=2,4', 'lr=0.1'] -> [{'n_ctx': 2, 'lr': 0.1},
+    {'n_ctx': 4, 'lr': 0.1}] (the cartesian product over swept keys, in the order given). A value that must hold
+    a comma is quoted YAML-style: --set 'ctx_init="a, b"'. Each resulting set is one labelled set of runs."""
+    import itertools
+
+    import yaml
+
+    keys, choices = [], []
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise BenchError(f"bad --set {pair!r}: expected KEY=VALUE, e.g. --set n_ctx=4")
+        key, value = pair.split("=", 1)
+        stripped = value.strip()
+        quoted = len(stripped) >= 2 and stripped[0] == stripped[-1] and stripped[0] in "'\""
+        parts = [value] if quoted or "," not in value else value.split(",")
+        if len(parts) > 1 and any(not p.strip() for p in parts):
+            raise BenchError(f"bad --set {pair!r}: empty value in the sweep (values are comma-separated; "
+                             f"quote a value that holds a comma: --set '{key}=\"a, b\"')")
+        values = []
+        for p in parts:
+            (v,) = parse_overrides([f"{key}={p.strip() if len(parts) > 1 else p}"]).values()
+            if isinstance(v, str) and quoted:
+                try:
+                    v = str(yaml.safe_load(stripped))
+                except yaml.YAMLError:
+                    pass
+            values.append(v)
+        key = key.strip()
+        if key in keys:
+            choices[keys.index(key)] = values  # the last --set of a key wins, as for a plain override
+        else:
+            keys.append(key)
+            choices.append(values)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*choices)] or [{}]
+
+
 def method_label(method: str, overrides: dict) -> str:
     if not overrides:
         return method

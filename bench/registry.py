@@ -35,6 +35,8 @@ def register_method(name: str):
         if name in _METHODS and _METHODS[name] is not cls:
             raise ValueError(f"method name {name!r} registered twice ({_METHODS[name].__module__} and {cls.__module__})")
         cls.name = name
+        if hasattr(cls, "fill_display_defaults"):
+            cls.fill_display_defaults(name)
         _METHODS[name] = cls
         return cls
 

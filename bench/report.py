@@ -10,9 +10,10 @@ Nothing here runs anything: it reads the store's result JSONs (one per run) and 
   dataset + Average), base-to-new (Base / New / H per dataset and the average row with H of the averaged
   B and N), domain shift (source, targets, target average), cross-dataset (source, targets, average of
   the targets). An average is given only when every dataset it averages is complete.
-* :func:`render` -- md | csv | latex, with the best entry per column marked (bold; '*' in csv).
-* :func:`paired_test` -- Wilcoxon signed-rank (or paired t) test of two methods over matched
-  (dataset, shots, seed) cells.
+* :func:`render` -- md | latex (the best entry per column in bold) | csv | json (numeric: one record per
+  cell with mean, std, n_seeds and the best / incomplete flags, see :func:`table_records`).
+* :func:`paired_tests` -- Wilcoxon signed-rank (or paired t) test of two methods over datasets (each
+  dataset's mean over seeds is one pair; one test per shot count) with a bootstrap CI of the mean difference.
 * ``--compare paper`` adds the published numbers of ``results/reference/*.csv`` and our difference to them.
 
 Heavy imports (pandas, numpy, scipy) happen inside functions so that ``bench --help`` stays fast.
@@ -27,10 +28,8 @@ from pathlib import Path
 from bench.errors import BenchError
 
 PROTOCOL_NAMES = ("fewshot", "base2new", "domain_shift", "cross_dataset")
-FORMATS = ("md", "csv", "latex")
+FORMATS = ("md", "csv", "json", "latex")
 METRICS = ("top1", "macro_f1", "per_class_mean")
-# Row order of the usual methods (the CoOp papers' order); any other method follows, alphabetically.
-METHOD_ORDER = ("zeroshot", "linear_probe", "coop", "cocoop", "kgcoop", "maple")
 STATUS_MARKS = {"RECALLED": "†", "DERIVED": "‡"}
 STATUS_NOTES = {
     "RECALLED": "† RECALLED: the paper's number as commonly quoted, not seen verbatim in a repository file "
@@ -268,6 +267,28 @@ def display_name(key: str) -> str:
         return key
 
 
+def method_look(label: str) -> dict:
+    """How a label is shown: display_name, color, marker, linestyle, order -- the method class's attributes
+    (``bench.method.Method``). A label with overrides (``coop[n_ctx=4]``) keeps its method's order and line
+    style and gets its own colour and marker from a hash of the label, the same in every figure."""
+    from bench.method import DEFAULT_PALETTE, DISPLAY_ATTRS, _stable_index, default_display
+
+    base, sep, rest = label.partition("[")
+    try:
+        from bench.registry import get_method
+
+        cls = get_method(base)
+        look = {a: getattr(cls, a) for a in DISPLAY_ATTRS}
+    except BenchError:  # results of a method that is not registered here
+        look = default_display(base)
+    if sep:
+        look["display_name"] = f"{look['display_name']} [{rest}"
+        palette = [c for c in DEFAULT_PALETTE if c.lower() != str(look["color"]).lower()]
+        look["color"] = palette[_stable_index(label, len(palette))]
+        look["marker"] = default_display(label)["marker"]
+    return look
+
+
 def _order_labels(labels: list[str], methods: list[str] | None) -> list[str]:
     def base(label):
         return label.split("[", 1)[0]
@@ -281,7 +302,7 @@ def _order_labels(labels: list[str], methods: list[str] | None) -> list[str]:
 
     def key(label):
         b = base(label)
-        return (METHOD_ORDER.index(b) if b in METHOD_ORDER else len(METHOD_ORDER), b, label != b, label)
+        return (method_look(b)["order"], b, label != b, label)
 
     return sorted(set(labels), key=key)
 
@@ -603,16 +624,59 @@ def render_md(t: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_csv(t: Table) -> str:
+EXPORT_FIELDS = ["mean", "std", "n_seeds", "expected_seeds", "best", "incomplete", "kind", "status", "detail"]
+
+
+def table_records(t: Table) -> list[dict]:
+    """One numeric record per table cell (the long form of the table): the table's title and protocol, its row
+    index (e.g. method, shots), the column key (a dataset key, "average", base/new/H), the unrounded mean and
+    std (std only where the table shows one: over several seeds), n_seeds found / expected_seeds, and the flags
+    best (marked best of its column) and incomplete (fewer seeds or datasets than asked, or no result)."""
+    out = []
+    for r in t.rows:
+        idx = {n.lower(): v for n, v in zip(t.index_names, r.index)}
+        for key, c in zip(t.column_keys, r.cells):
+            has_mean = c.kind in ("value", "paper", "diff")
+            out.append({
+                "table": t.title, "protocol": t.protocol, "row_kind": r.kind, **idx, "column": key,
+                "mean": float(c.mean) if has_mean else None,
+                "std": float(c.std) if c.kind == "value" and c.std is not None and c.expected > 1 else None,
+                # averages over datasets have no seed count of their own
+                "n_seeds": int(c.n) if c.kind in ("value", "partial") and c.n else None,
+                "expected_seeds": int(c.expected) if c.kind in ("value", "partial") and c.n else None,
+                "best": bool(c.best),
+                "incomplete": c.kind in ("partial", "missing", "incomplete"),
+                "kind": c.kind, "status": c.status, "detail": c.detail,
+            })
+    return out
+
+
+def render_csv(tables: list[Table]) -> str:
+    """All tables as one numeric CSV (``table_records``; empty = no value)."""
     import csv
     import io
 
+    records = [rec for t in tables for rec in table_records(t)]
+    fields = ["table", "protocol", "row_kind"]
+    for t in tables:
+        fields += [n.lower() for n in t.index_names if n.lower() not in fields]
+    fields += ["column"] + EXPORT_FIELDS
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow([n.lower() for n in t.index_names] + t.column_keys)
-    for r in t.rows:
-        w.writerow(list(r.index) + [c.text() + ("*" if c.best else "") for c in r.cells])
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    w.writeheader()
+    for rec in records:
+        w.writerow({k: ("" if v is None else v) for k, v in rec.items()})
     return buf.getvalue()
+
+
+def render_json(tables: list[Table]) -> str:
+    """All tables as JSON: per table its title, protocol, index names, columns, notes and numeric records."""
+    import json
+
+    data = {"tables": [{"title": t.title, "protocol": t.protocol, "index_names": t.index_names,
+                        "columns": t.columns, "column_keys": t.column_keys, "notes": t.notes,
+                        "records": table_records(t)} for t in tables]}
+    return json.dumps(data, indent=1, allow_nan=False) + "\n"
 
 
 def _tex(s: str) -> str:
@@ -646,7 +710,9 @@ def render_latex(t: Table) -> str:
 def render(tables: list[Table], fmt: str = "md") -> str:
     if fmt not in FORMATS:
         raise BenchError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
-    fn = {"md": render_md, "csv": render_csv, "latex": render_latex}[fmt]
+    if fmt in ("csv", "json"):  # numeric exports of all tables at once
+        return (render_csv if fmt == "csv" else render_json)(tables)
+    fn = {"md": render_md, "latex": render_latex}[fmt]
     return "\n".join(fn(t) for t in tables)
 
 
@@ -666,48 +732,73 @@ def _resolve_label(df, name: str) -> str:
                      f"{', '.join(sorted(labels)) or 'none'}")
 
 
-def paired_test(df, a: str, b: str, *, protocol: str = "fewshot", stat: str = "wilcoxon",
-                seeds: list[int] | None = None, datasets: list[str] | None = None,
-                shots: list[int] | None = None, metric: str = "top1", alpha: float = 0.05) -> dict:
-    """Paired test of methods ``a`` and ``b`` over matched (train dataset, eval, shots, seed) cells.
-
-    A seedless method (zero-shot) has one value per eval set; it is paired with every (shots, seed) cell of
-    the other method. Returns test, n, statistic, pvalue, mean_diff (a - b), verdict and the pairs frame."""
+def paired_tests(df, a: str, b: str, *, protocol: str = "fewshot", stat: str = "wilcoxon",
+                 seeds: list[int] | None = None, datasets: list[str] | None = None,
+                 shots: list[int] | None = None, metric: str = "top1", alpha: float = 0.05,
+                 n_resamples: int = 9999) -> list[dict]:
+    """Paired tests of methods ``a`` and ``b`` with the dataset as the unit: one test per shot count (and per
+    class split for base-to-new: base, new), whose pairs are the datasets (each the mean over seeds of each
+    method; zero-shot's single run is its value). Cells not complete on both sides (every seed) are left
+    out. Each result holds test, n (= number of datasets), statistic, pvalue, mean_diff (a - b), a bootstrap
+    confidence interval of the mean difference (``scipy.stats.bootstrap``, BCa, 1 - alpha), verdict and
+    the pairs frame."""
     import numpy as np
-    from scipy import stats
+    import pandas as pd
 
     from bench.protocols import get_protocol
 
     if stat not in ("wilcoxon", "ttest"):
         raise BenchError(f"unknown --stat {stat!r}; known: wilcoxon, ttest")
     seeds = list(seeds) if seeds else list(get_protocol(protocol).seeds)
-    d = df[(df["protocol"] == protocol) & df[metric].notna()]
-    d = d[d["seed"].isna() | d["seed"].isin([float(s) for s in seeds])]
+    d = df[df["protocol"] == protocol]
     if datasets:
         d = d[d["train_dataset"].isin(datasets) | d["eval_dataset"].isin(datasets)]
     la, lb = _resolve_label(d, a), _resolve_label(d, b)
     if la == lb:
         raise BenchError("--test needs two different methods")
-    A, B = d[d["label"] == la], d[d["label"] == lb]
+    agg = aggregate(d[d["label"].isin([la, lb])], seeds, metric)
+    agg = agg[agg["complete"]]
+    A, B = agg[agg["label"] == la], agg[agg["label"] == lb]
     if shots:
         A = A[(A["shots"] == 0) | A["shots"].isin(shots)]
         B = B[(B["shots"] == 0) | B["shots"].isin(shots)]
-    base = ["backbone", "weights", "train_dataset", "eval"]
-    sa, sb = A["seed"].isna().all(), B["seed"].isna().all()
-    cols = base + ["shots", "seed"]
-    if sa and not sb:
-        m = B[cols + [metric]].merge(A[base + [metric]], on=base, suffixes=("_b", "_a"))
-    elif sb and not sa:
-        m = A[cols + [metric]].merge(B[base + [metric]], on=base, suffixes=("_a", "_b"))
+    on = ["backbone", "weights", "train_dataset", "eval", "eval_dataset", "classes"]
+    za, zb = bool(len(A)) and bool((A["shots"] == 0).all()), bool(len(B)) and bool((B["shots"] == 0).all())
+    if za and not zb:  # zero-shot: its one value per dataset is paired with the other method at each shot count
+        m = B[on + ["shots", "mean", "n"]].merge(A[on + ["mean", "n"]], on=on, suffixes=("_b", "_a"))
+    elif zb and not za:
+        m = A[on + ["shots", "mean", "n"]].merge(B[on + ["mean", "n"]], on=on, suffixes=("_a", "_b"))
     else:
-        on = base if (sa and sb) else cols
-        m = A[on + [metric]].merge(B[on + [metric]], on=on, suffixes=("_a", "_b"))
-    n = len(m)
-    if n < 2:
-        raise BenchError(f"only {n} matched (dataset, shots, seed) cell(s) of {la} and {lb} in protocol "
-                         f"{protocol}; a paired test needs at least 2")
-    xa, xb = m[f"{metric}_a"].to_numpy(float), m[f"{metric}_b"].to_numpy(float)
+        m = A[on + ["shots", "mean", "n"]].merge(B[on + ["shots", "mean", "n"]], on=on + ["shots"],
+                                                 suffixes=("_a", "_b"))
+    if m.empty:
+        raise BenchError(f"no dataset with complete results (every seed of {','.join(map(str, seeds))}) for both "
+                         f"{la} and {lb} in protocol {protocol}")
+    out = []
+    for (bb, w, k, cls), pairs in m.groupby(["backbone", "weights", "shots", "classes"], sort=True):
+        pairs = pairs.sort_values(["train_dataset", "eval"]).reset_index(drop=True)
+        n = len(pairs)
+        what = f"{k} shots" + ("" if cls == "all" else f", {cls} classes")
+        if n < 2:
+            raise BenchError(f"only {n} dataset with complete results of both {la} and {lb} ({protocol}, {what}); "
+                             "a paired test over datasets needs at least 2")
+        xa, xb = pairs["mean_a"].to_numpy(float), pairs["mean_b"].to_numpy(float)
+        out.append(_one_test(la, lb, xa, xb, stat, alpha, n_resamples)
+                   | {"n": n, "shots": int(k), "classes": cls, "backbone": f"{bb} ({w})", "what": what,
+                      "metric": metric, "protocol": protocol, "seeds": seeds,
+                      "pairs": pd.DataFrame({"dataset": pairs["eval"], f"{la}": xa, f"{lb}": xb,
+                                             "diff": xa - xb})})
+    return out
+
+
+def _one_test(la, lb, xa, xb, stat, alpha, n_resamples) -> dict:
+    import warnings
+
+    import numpy as np
+    from scipy import stats
+
     diff = xa - xb
+    n = len(diff)
     mean_diff = float(diff.mean())
     if np.allclose(diff, 0):
         name = "Wilcoxon signed-rank" if stat == "wilcoxon" else "paired t-test"
@@ -720,31 +811,67 @@ def paired_test(df, a: str, b: str, *, protocol: str = "fewshot", stat: str = "w
         name = "paired t-test (two-sided)"
         res = stats.ttest_rel(xa, xb)
         statistic, p = float(res.statistic), float(res.pvalue)
+    if np.ptp(diff) < 1e-12:  # every pair differs by the same amount: the resampled mean cannot vary
+        lo = hi = mean_diff
+        ci_method = "none (all differences equal)"
+    else:
+        ci_method = "BCa"
+        with warnings.catch_warnings():  # tiny n: BCa can be degenerate; fall back to the percentile interval
+            warnings.simplefilter("ignore")
+            ci = stats.bootstrap((diff,), np.mean, confidence_level=1 - alpha, n_resamples=n_resamples,
+                                 method="BCa", random_state=np.random.default_rng(0)).confidence_interval
+            if not (np.isfinite(ci.low) and np.isfinite(ci.high)):
+                ci_method = "percentile"
+                ci = stats.bootstrap((diff,), np.mean, confidence_level=1 - alpha, n_resamples=n_resamples,
+                                     method="percentile", random_state=np.random.default_rng(0)).confidence_interval
+        lo, hi = float(ci.low), float(ci.high)
     if np.allclose(diff, 0):
-        verdict = f"{la} and {lb} are identical on all {n} pairs"
+        verdict = f"{la} and {lb} are identical on all {n} datasets"
     elif p < alpha:
         verdict = (f"{la} is significantly {'better' if mean_diff > 0 else 'worse'} than {lb} "
                    f"(p = {p:.3g} < {alpha:g})")
     else:
         verdict = f"no significant difference between {la} and {lb} at alpha = {alpha:g} (p = {p:.3g})"
-    return {"test": name, "a": la, "b": lb, "n": n, "statistic": statistic, "pvalue": p,
-            "mean_diff": mean_diff, "verdict": verdict, "pairs": m, "metric": metric, "protocol": protocol,
-            "broadcast": bool(sa != sb)}
+    if n < 6 and stat == "wilcoxon" and not np.allclose(diff, 0):
+        verdict += f"; with {n} datasets the smallest possible two-sided p is {2 / 2 ** n:.3g}"
+    return {"test": name, "a": la, "b": lb, "statistic": statistic, "pvalue": p, "mean_diff": mean_diff,
+            "ci_low": lo, "ci_high": hi, "ci_level": 1 - alpha, "ci_method": ci_method, "verdict": verdict}
+
+
+def paired_test(df, a: str, b: str, **kw) -> dict:
+    """The one paired test of :func:`paired_tests` (an error when the selection has several shot counts or
+    class splits: pass ``shots=[k]``)."""
+    res = paired_tests(df, a, b, **kw)
+    if len(res) > 1:
+        raise BenchError("several tests (" + "; ".join(r["what"] for r in res) + "): select one shot count")
+    return res[0]
 
 
 def format_test(r: dict) -> str:
-    lines = [f"paired test: {r['a']} vs {r['b']} ({r['protocol']}, {r['metric']}, matched (dataset, shots, seed) cells)"]
-    if r["broadcast"]:
-        lines.append("note: the zero-shot side has one run per eval set; it is paired with each (shots, seed) cell")
-    lines += [
-        f"test: {r['test']}",
-        f"n pairs: {r['n']}",
-        f"statistic: {r['statistic']:.4g}",
-        f"p-value: {r['pvalue']:.4g}",
-        f"mean difference ({r['a']} - {r['b']}): {r['mean_diff']:+.2f} points",
-        f"verdict: {r['verdict']}",
-    ]
+    lines = [f"paired test: {r['a']} vs {r['b']} ({r['protocol']}, {r['what']}, {r['metric']}, {r['backbone']})",
+             f"unit: a dataset (its mean over seeds {','.join(map(str, r['seeds']))}; zero-shot: its one run)",
+             f"test: {r['test']}",
+             f"n pairs (datasets): {r['n']}",
+             f"statistic: {r['statistic']:.4g}",
+             f"p-value: {r['pvalue']:.4g}",
+             f"mean difference ({r['a']} - {r['b']}): {r['mean_diff']:+.2f} points, "
+             f"{100 * r['ci_level']:.0f}% bootstrap CI [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}] ({r['ci_method']})",
+             f"verdict: {r['verdict']}"]
     return "\n".join(lines) + "\n"
+
+
+def tests_json(results: list[dict]) -> str:
+    import json
+
+    out = []
+    for r in results:
+        rec = {k: v for k, v in r.items() if k != "pairs"}
+        rec["pairs"] = r["pairs"].to_dict(orient="records")
+        for k, v in rec.items():
+            if isinstance(v, float) and v != v:
+                rec[k] = None
+        out.append(rec)
+    return json.dumps({"tests": out}, indent=1) + "\n"
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -763,7 +890,14 @@ def query_from_args(args) -> Query:
     from bench.protocols import get_protocol, parse_int_list
 
     get_protocol(args.protocol)
-    group = "mini" if getattr(args, "preset", None) == "mini" else (args.group or "coop11")
+    group = args.preset or getattr(args, "group", None)
+    if group is None and not args.datasets:  # infer the dataset group from what the store holds
+        from bench.cli import infer_preset
+
+        group = infer_preset(args.results, args.protocol)
+        if group and group != "coop11":
+            print(f"note: the store holds {group} results: showing --preset {group}", file=sys.stderr)
+    group = group or "coop11"
     return Query(
         protocol=args.protocol,
         methods=_csv_list(args.methods),
@@ -777,6 +911,12 @@ def query_from_args(args) -> Query:
     )
 
 
+def argparse_suppress():
+    import argparse
+
+    return argparse.SUPPRESS
+
+
 def add_selection_args(p) -> None:
     """Options shared by ``bench table`` and ``bench plot``."""
     p.add_argument("--protocol", default="fewshot", help="fewshot | base2new | domain_shift | cross_dataset")
@@ -786,8 +926,13 @@ def add_selection_args(p) -> None:
                                       "for domain_shift / cross_dataset: the source)")
     p.add_argument("--seeds", help="comma-separated seeds every cell must have, as in `bench run` (default: the "
                                    "protocol's, 1,2,3); results of other seeds are left out, with a note")
-    p.add_argument("--group", choices=["coop11", "mini"], default=None, help="dataset group (default coop11)")
-    p.add_argument("--preset", choices=["mini"], help="'mini': the miniature world's datasets (= --group mini)")
+    from bench.cli import DeprecatedAlias
+
+    p.add_argument("--preset", choices=["coop11", "mini"],
+                   help="dataset group: 'coop11' (the 11 CoOp datasets) or 'mini' (the miniature world); default: "
+                        "inferred from what the store holds")
+    p.add_argument("--group", dest="preset", choices=["coop11", "mini"], action=DeprecatedAlias, new="--preset",
+                   help=argparse_suppress())
     p.add_argument("--backbone", help="only results of this backbone (open_clip architecture name prefix)")
     p.add_argument("--metric", default="top1", choices=list(METRICS), help="value to aggregate (default top1)")
     p.add_argument("--results", help="results store folder (default $BENCH_RESULTS or results/runs)")
@@ -800,12 +945,12 @@ def cmd_table(args) -> int:
         names = _csv_list(args.test) or []
         if len(names) != 2:
             raise BenchError(f"--test needs exactly two methods (got {len(names)}): --test coop linear_probe")
-        r = paired_test(df, names[0], names[1], protocol=q.protocol, stat=args.stat, seeds=q.seeds,
-                        datasets=q.datasets if q.protocol in ("fewshot", "base2new") else None, shots=q.shots,
-                        metric=q.metric, alpha=args.alpha)
-        sys.stdout.write(format_test(r))
-        return 0
-    text = render(build_tables(df, q), args.format)
+        res = paired_tests(df, names[0], names[1], protocol=q.protocol, stat=args.stat, seeds=q.seeds,
+                           datasets=q.datasets if q.protocol in ("fewshot", "base2new") else None, shots=q.shots,
+                           metric=q.metric, alpha=args.alpha)
+        text = tests_json(res) if args.format == "json" else "\n".join(format_test(r) for r in res)
+    else:
+        text = render(build_tables(df, q), args.format)
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -822,10 +967,12 @@ def add_command(sub) -> None:
                                    "shown as such ('1/3 seeds', '—'), never averaged over fewer seeds or datasets.")
     add_selection_args(p)
     p.add_argument("--shots", help="few-shot rows to show, e.g. 16 or 1,2,4 (default: all present)")
-    p.add_argument("--format", default="md", choices=list(FORMATS))
+    p.add_argument("--format", default="md", choices=list(FORMATS),
+                   help="md | latex (as printed) | csv | json (numeric: mean, std, n_seeds per cell, flags as columns)")
     p.add_argument("--compare", choices=["paper"], help="add the published numbers (results/reference) and Δ")
     p.add_argument("--test", nargs="+", metavar="METHOD",
-                   help="paired test of two methods over matched (dataset, shots, seed) cells: --test A B")
+                   help="paired test of two methods over datasets (each dataset's mean over seeds is one pair; one "
+                        "test per shot count), with a bootstrap CI of the mean difference: --test A B")
     p.add_argument("--stat", default="wilcoxon", choices=["wilcoxon", "ttest"], help="test for --test")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level of the --test verdict")
     p.add_argument("--out", help="write the table to this file instead of stdout")

@@ -233,7 +233,7 @@ def execute(config: dict, store: Store | None = None, checkpointer: Checkpointer
     else:
         train, classnames = None, label_space(config, data_root)
     ctx = Context(backbone=backbone, classnames=classnames, template=spec.template,
-                  kgcoop_template=spec.kgcoop_template, dataset=tr["dataset"], hparams=dict(config["hparams"]),
+                  dataset=tr["dataset"], hparams=dict(config["hparams"]),
                   seed=tr["seed"], protocol=config["protocol"], checkpointer=checkpointer or Checkpointer(),
                   checkpoint_every=checkpoint_every, log=log.info,
                   templates={d: get_spec(d).template for d in [tr["dataset"], *(e["dataset"] for e in config["evals"])]})

@@ -38,6 +38,11 @@ class CoCoOpNet(nn.Module):
 class CoCoOp(Method):
     description = "CoCoOp, context + image-conditional meta-net shift (M=4 'a photo of a', batch 1, 10 epochs)"
     hparam_spec = {**PROMPT_SPEC, **OPTIM_SPEC}
+    display_name = "CoCoOp"
+    color = "#009E73"
+    marker = "^"
+    linestyle = "-"
+    order = 30
     eval_prompts_per_chunk = 8192  # test-time images per encoder call = this // n_classes (at least 1)
 
     @classmethod

@@ -19,6 +19,11 @@ from methods._prompts import OPTIM_SPEC, PROMPT_SPEC, coop_defaults, learner_fro
 @register_method("coop")
 class CoOp(Method):
     description = "CoOp, unified learnable context (M=16 random few-shot; M=4 'a photo of a' otherwise)"
+    display_name = "CoOp"
+    color = "#D55E00"
+    marker = "o"
+    linestyle = "-"
+    order = 20
     csc = False
     hparam_spec = {**PROMPT_SPEC, **OPTIM_SPEC}
 

@@ -13,5 +13,10 @@ from methods.coop import CoOp
 @register_method("coop_csc")
 class CoOpCSC(CoOp):
     description = "CoOp, class-specific contexts (training classes and subsets of them only)"
+    display_name = "CoOp (CSC)"
+    color = "#E69F00"
+    marker = "v"
+    linestyle = "-"
+    order = 25
     protocols = ("fewshot", "domain_shift")
     csc = True

@@ -1,8 +1,9 @@
 """KgCoOp (Yao et al., CVPR 2023): CoOp's unified context, kept close to hand-crafted CLIP text.
 
 Loss = CE + W · (1 − mean_c cos(t_c, w_clip_c)), where t_c is the learned text feature of class c and w_clip_c the
-frozen CLIP feature of the training dataset's single KgCoOp template (``ctx.kgcoop_template``) filled with the class
-name (L2-normalised; cosine with eps 1e-7 as the reference's ``nn.CosineSimilarity``).  For unit vectors
+frozen CLIP feature of the training dataset's single KgCoOp template (:data:`KGCOOP_TEMPLATES`, else the dataset's
+own) filled with the class name (L2-normalised; cosine with eps 1e-7 as the reference's ``nn.CosineSimilarity``).
+For unit vectors
 ‖a − b‖² = 2(1 − cos(a, b)), so this equals the paper's CE + λ · mean_c ‖w_c − w_clip_c‖² with λ = W/2 on
 normalised features.
 
@@ -44,6 +45,17 @@ from bench.registry import register_method
 from methods._prompts import OPTIM_SPEC, PROMPT_SPEC, optim_defaults
 from methods.coop import CoOp
 
+# KgCoOp's own per-dataset prompts for its w_clip targets (the reference kgcoop.py CUSTOM_TEMPLATES). They equal
+# the dataset's CoOp template except where listed here; any other dataset uses its own template.
+KGCOOP_TEMPLATES = {
+    "dtd": "a photo of a {}, a type of texture.",
+}
+
+
+def kgcoop_template(dataset: str, default: str) -> str:
+    return KGCOOP_TEMPLATES.get(dataset, default)
+
+
 KGCOOP_SCHEDULE = {  # protocol -> (epochs, batch size); see the table above
     "fewshot": (100, 32),
     "base2new": (100, 128),
@@ -55,6 +67,11 @@ KGCOOP_SCHEDULE = {  # protocol -> (epochs, batch size); see the table above
 @register_method("kgcoop")
 class KgCoOp(CoOp):
     description = "KgCoOp, CoOp + W·(1 - cos) to hand-crafted CLIP text features (W=8; schedule per protocol)"
+    display_name = "KgCoOp"
+    color = "#CC79A7"
+    marker = "D"
+    linestyle = "-"
+    order = 40
     protocols = ("fewshot", "base2new", "domain_shift", "cross_dataset")
     hparam_spec = {**PROMPT_SPEC, **OPTIM_SPEC,
                    "kg_weight": Param(float, min=0.0, help="weight W of the knowledge-guided term")}
@@ -67,7 +84,8 @@ class KgCoOp(CoOp):
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        self.kgcoop_template = ctx.kgcoop_template  # the training dataset's, whatever is evaluated later
+        # the training dataset's, whatever is evaluated later
+        self.kgcoop_template = kgcoop_template(ctx.dataset, ctx.template)
 
     def template_info(self) -> dict:
         return {**self.learner.info(), "kgcoop_template": self.kgcoop_template,

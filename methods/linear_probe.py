@@ -52,6 +52,9 @@ def fit_classifier(x: np.ndarray, y: np.ndarray, C: float, max_iter: int = 1000)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
+        # few-shot data has few samples per class by design (1 shot: as many classes as samples)
+        warnings.filterwarnings("ignore", message="The number of unique classes is greater than 50%",
+                                category=UserWarning)
         return logistic_regression(C, max_iter).fit(x, y)
 
 
@@ -95,6 +98,11 @@ def holdout_split(labels: np.ndarray, seed: int, per_class: int = 4) -> tuple[np
 @register_method("linear_probe")
 class LinearProbe(Method):
     description = "linear probe: L2 logistic regression on frozen image features, C searched on the few-shot val"
+    display_name = "Linear probe CLIP"
+    color = "#0072B2"
+    marker = "s"
+    linestyle = ":"
+    order = 10
     protocols = ("fewshot", "domain_shift")
     hparam_spec = {
         "max_iter": Param(int, min=1, help="lbfgs iterations"),

@@ -31,6 +31,11 @@ class ZeroShotCLIP(Method):
     needs_training = False
     description = "zero-shot CLIP, hand-crafted prompt per dataset (CoOp's CUSTOM_TEMPLATES)"
     hparam_spec = {"templates": Param(str, choices=("custom", "ensemble"), help="the dataset's prompt or the ensemble")}
+    display_name = "Zero-shot CLIP"
+    color = "#3A3A3A"
+    marker = "*"
+    linestyle = "-"
+    order = 0
 
     @classmethod
     def default_hparams(cls, protocol, dataset, shots):

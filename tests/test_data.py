@@ -77,7 +77,6 @@ def test_specs_schema():
         s = specs[k]
         assert s.dir == DIRS[k]
         assert s.template == TEMPLATES.get(k, "a photo of a {}.")
-        assert s.kgcoop_template == ("a photo of a {}, a type of texture." if k == "dtd" else s.template)
         assert set(s.sizes) == {"train", "val", "test"} and s.sizes["test"] > 0
         assert s.domain_shift_targets == (tuple(VARIANTS) if k == "imagenet" else ())
         assert s.has_val == (k not in ["imagenet"] + VARIANTS)
@@ -100,7 +99,6 @@ def test_get_spec_lookup_and_unknown():
 def test_prompts_helpers():
     assert data.class_names_for_prompt("Apply_Eye_Makeup") == "Apply Eye Makeup"
     assert data.get_spec("ucf101").prompts(["Apply_Eye_Makeup"]) == ["a photo of a person doing Apply Eye Makeup."]
-    assert data.get_spec("dtd").prompts(["banded"], kgcoop=True) == ["a photo of a banded, a type of texture."]
 
 
 # --------------------------------------------------------------------------------------------- loaders

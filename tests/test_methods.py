@@ -44,7 +44,7 @@ def make(bb, method, names, protocol="fewshot", shots=16, seed=1, **overrides):
     hp = cls.default_hparams(protocol, "synthetic", shots)
     hp.update(overrides)
     ctx = Context(backbone=bb, classnames=list(names), template="a photo of a {}.",
-                  kgcoop_template="a photo of a {}.", dataset="synthetic", hparams=hp, seed=seed, protocol=protocol,
+                  dataset="synthetic", hparams=hp, seed=seed, protocol=protocol,
                   log=lambda m: None)
     return cls(ctx)
 

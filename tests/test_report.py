@@ -190,9 +190,52 @@ def test_best_entry_per_column_is_marked_in_every_format(frame):
         assert best and all(round(r.cells[j].mean, 2) == max(vals) for r in best)
     md, tex, text = render([t], "md"), render([t], "latex"), render([t], "csv")
     assert "**" in md and "\\textbf{" in tex and "\\toprule" in tex and "$\\pm$" in tex
-    rows = list(csv.reader(text.splitlines()))
-    assert rows[0] == ["method", "shots", "caltech101", "dtd", "average"]
-    assert any(c.endswith("*") for r in rows[1:] for c in r[2:])
+    rows = list(csv.DictReader(text.splitlines()))
+    assert {r["column"] for r in rows} == {"caltech101", "dtd", "average"}
+    best = {(r["method"], r["shots"], r["column"]) for r in rows if r["best"] == "True"}
+    assert best == {(r.index[0], r.index[1], t.column_keys[j]) for r in t.rows for j, c in enumerate(r.cells) if c.best}
+
+
+def _md_cells(md: str) -> dict:
+    """(row index..., column name) -> (mean, std or None) as printed in a markdown table."""
+    import re
+
+    lines = [ln for ln in md.splitlines() if ln.startswith("|")]
+    head = [h.strip() for h in lines[0].strip("|").split("|")]
+    n_idx = sum(1 for x in lines[1].strip("|").split("|") if x.startswith(":"))
+    out = {}
+    for ln in lines[2:]:
+        parts = [p.strip().strip("*") for p in ln.strip("|").split("|")]
+        for name, text in zip(head[n_idx:], parts[n_idx:]):
+            m = re.fullmatch(r"(-?[0-9.]+)(?: ± ([0-9.]+))?", text)
+            if m:
+                out[tuple(parts[:n_idx]) + (name,)] = (float(m[1]), float(m[2]) if m[2] else None)
+    return out
+
+
+@pytest.mark.parametrize("protocol", ["fewshot", "base2new"])
+def test_numeric_csv_and_json_round_trip_to_the_markdown_table(frame, protocol):
+    from bench.report import Query, build_tables, render
+
+    tables = build_tables(frame, Query(protocol=protocol, datasets=FS, seeds=SEEDS))
+    md = _md_cells(render(tables, "md"))
+    rows = list(csv.DictReader(render(tables, "csv").splitlines()))
+    recs = json.loads(render(tables, "json"))["tables"][0]["records"]
+    (t,) = tables
+    names = dict(zip(t.column_keys, t.columns))
+    idx = [n.lower() for n in t.index_names]
+    from_csv = {tuple(r[i] for i in idx) + (names[r["column"]],): (float(r["mean"]), float(r["std"]) if r["std"] else None)
+                for r in rows if r["mean"]}
+    from_json = {tuple(r[i] for i in idx) + (names[r["column"]],): (r["mean"], r["std"])
+                 for r in recs if r["mean"] is not None}
+    assert len(md) >= 8 and set(md) == set(from_csv) == set(from_json)
+    for key, (mean, std) in md.items():
+        for m, s in (from_csv[key], from_json[key]):
+            assert round(m, 2) == pytest.approx(mean) and (s is None) == (std is None)
+            assert std is None or round(s, 2) == pytest.approx(std)
+    seeds_found = {r["n_seeds"] for r in recs if r["kind"] == "value" and r["std"] is not None}
+    assert seeds_found == {len(SEEDS)}
+    assert {r["incomplete"] for r in recs} <= {True, False} and all(isinstance(r["best"], bool) for r in recs)
 
 
 def test_base2new_h_per_dataset_and_h_of_averaged_b_and_n(world, frame):
@@ -309,41 +352,53 @@ def test_unsupported_evaluations_show_na():
 # ------------------------------------------------------------------------------------------ paired test
 
 
-def test_paired_test_agrees_with_scipy(world, frame, capsys):
+def test_paired_test_unit_is_the_dataset_and_agrees_with_scipy(world, frame, capsys):
     import numpy as np
     from scipy import stats
 
-    from bench.report import paired_test
+    from bench.report import paired_test, paired_tests
 
-    pairs = []
-    for d in FS:
-        for k in SHOTS:
-            for s in SEEDS:
-                a = [r["metrics"][d]["top1"] for r in stored_jsons(world["store"])
-                     if r["config"]["label"] == LP and r["config"]["train"] == {"dataset": d, "shots": k, "seed": s, "classes": "all"}]
-                b = [r["metrics"][d]["top1"] for r in stored_jsons(world["store"])
-                     if r["config"]["label"] == COOP and r["config"]["train"] == {"dataset": d, "shots": k, "seed": s, "classes": "all"}]
-                pairs.append((a[0], b[0]))
-    xa, xb = np.array(pairs).T
-    w = stats.wilcoxon(xa, xb)
-    res = paired_test(frame, "linear_probe", "coop", protocol="fewshot", seeds=SEEDS)
-    assert res["n"] == len(pairs) == 8
-    assert res["statistic"] == pytest.approx(w.statistic) and res["pvalue"] == pytest.approx(w.pvalue)
-    assert res["mean_diff"] == pytest.approx(float(np.mean(xa - xb)))
-    tt = stats.ttest_rel(xa, xb)
-    res_t = paired_test(frame, LP, COOP, protocol="fewshot", seeds=SEEDS, stat="ttest")
-    assert res_t["statistic"] == pytest.approx(tt.statistic) and res_t["pvalue"] == pytest.approx(tt.pvalue)
+    store = world["store"]
+    for k in SHOTS:
+        # by hand: each dataset's mean over seeds of each method is one pair
+        xa = [np.mean(by_hand(store, "fewshot", LP, d, d, shots=k)) for d in FS]
+        xb = [np.mean(by_hand(store, "fewshot", COOP, d, d, shots=k)) for d in FS]
+        res = paired_test(frame, "linear_probe", "coop", protocol="fewshot", seeds=SEEDS, shots=[k])
+        assert res["n"] == len(FS) == 2                                        # datasets, not (shots, seed) cells
+        w = stats.wilcoxon(xa, xb)
+        assert res["statistic"] == pytest.approx(w.statistic) and res["pvalue"] == pytest.approx(w.pvalue)
+        assert res["mean_diff"] == pytest.approx(float(np.mean(np.subtract(xa, xb))))
+        assert res["ci_low"] <= res["mean_diff"] <= res["ci_high"]
+        tt = stats.ttest_rel(xa, xb)
+        res_t = paired_test(frame, LP, COOP, protocol="fewshot", seeds=SEEDS, shots=[k], stat="ttest")
+        assert res_t["statistic"] == pytest.approx(tt.statistic) and res_t["pvalue"] == pytest.approx(tt.pvalue)
+    # zero-shot's single value per dataset is paired per dataset, at each shot count: n = datasets again
+    zs = paired_tests(frame, "coop", "zeroshot", protocol="fewshot", seeds=SEEDS)
+    assert [r["shots"] for r in zs] == SHOTS and all(r["n"] == len(FS) for r in zs)
+    zs_vals = [by_hand(store, "fewshot", "zeroshot", d, d)[0] for d in FS]
+    coop1 = [np.mean(by_hand(store, "fewshot", COOP, d, d, shots=1)) for d in FS]
+    assert zs[0]["mean_diff"] == pytest.approx(float(np.mean(np.subtract(coop1, zs_vals))))
+    # the bootstrap CI is scipy's for the mean of the per-dataset differences
+    d4 = np.array([1.0, 2.5, -0.5, 3.0])
+    from bench.report import _one_test
 
-    code = main(["table", "--results", str(world["store"].root), "--seeds", "1,2", "--test", "linear_probe,coop"])
+    r = _one_test("a", "b", d4, np.zeros(4), "wilcoxon", 0.05, 999)
+    ref = stats.bootstrap((d4,), np.mean, n_resamples=999, method="BCa", random_state=np.random.default_rng(0))
+    assert (r["ci_low"], r["ci_high"]) == pytest.approx((ref.confidence_interval.low, ref.confidence_interval.high))
+    # base-to-new: one test for base, one for new, each over datasets
+    b2n = paired_tests(frame, "coop", "zeroshot", protocol="base2new", seeds=SEEDS)
+    assert sorted(r["classes"] for r in b2n) == ["base", "new"] and all(r["n"] == len(FS) for r in b2n)
+
+    code = main(["table", "--results", str(store.root), "--seeds", "1,2", "--shots", "2", "--test", "linear_probe,coop"])
     out = capsys.readouterr().out
     assert code == 0
-    assert "Wilcoxon signed-rank" in out and "n pairs: 8" in out and f"p-value: {w.pvalue:.4g}" in out
-    assert "mean difference (linear_probe[C=1] - coop[epochs=2])" in out and "verdict:" in out
-    code = main(["table", "--results", str(world["store"].root), "--seeds", "1,2", "--test", "coop", "zeroshot",
-                 "--stat", "ttest"])
-    out = capsys.readouterr().out
-    assert code == 0 and "paired t-test" in out and "n pairs: 8" in out     # zero-shot paired with each cell
-    code = main(["table", "--results", str(world["store"].root), "--test", "coop"])
+    assert "Wilcoxon signed-rank" in out and "n pairs (datasets): 2" in out and "unit: a dataset" in out
+    assert "mean difference (linear_probe[C=1] - coop[epochs=2])" in out and "bootstrap CI" in out
+    code = main(["table", "--results", str(store.root), "--seeds", "1,2", "--test", "coop", "zeroshot",
+                 "--stat", "ttest", "--format", "json"])
+    data = json.loads(capsys.readouterr().out)
+    assert code == 0 and [t["n"] for t in data["tests"]] == [2, 2] and "paired t-test" in data["tests"][0]["test"]
+    code = main(["table", "--results", str(store.root), "--test", "coop"])
     assert code == 2 and "exactly two" in capsys.readouterr().err
 
 
@@ -436,11 +491,12 @@ def test_plots_are_written_and_readable(world, tmp_path, capsys):
     res = str(world["store"].root)
     out = tmp_path / "fig"
     assert main(["plot", "--results", res, "--protocol", "fewshot", "--datasets", "caltech101,dtd", "--seeds", "1,2",
-                 "--out", str(out)]) == 0
+                 "--out-dir", str(out)]) == 0
     printed = capsys.readouterr().out.split()
     assert main(["plot", "--results", res, "--protocol", "base2new", "--datasets", "caltech101,dtd", "--seeds", "1,2",
-                 "--out", str(out)]) == 0
-    printed += capsys.readouterr().out.split()
+                 "--out", str(out)]) == 0                                           # the old spelling still works
+    assert "--out is deprecated" in capsys.readouterr().err
+    printed += [str(out / n) for n in ("base2new.png", "base2new.pdf")]
     names = {"fewshot.png", "fewshot.pdf", "fewshot_average.png", "fewshot_average.pdf", "base2new.png", "base2new.pdf"}
     assert {Path(p).name for p in printed} == names
     for n in names:
@@ -455,9 +511,73 @@ def test_plots_are_written_and_readable(world, tmp_path, capsys):
             assert h > 300
             assert len(im.convert("L").getcolors(maxcolors=1 << 16) or range(1 << 16)) > 10   # not blank
     # an incomplete selection is drawn without the incomplete points, and said so
-    assert main(["plot", "--results", res, "--protocol", "fewshot", "--datasets", "caltech101,dtd",
-                 "--out", str(tmp_path / "fig3")]) == 0
-    assert "skipped incomplete point" in capsys.readouterr().err
+    part = tmp_path / "part"
+    shutil.copytree(res, part)
+    for p in part.rglob("*.json"):
+        c = json.loads(p.read_text()).get("config", {})
+        if c.get("label") == COOP and c["train"] == {"dataset": "dtd", "shots": 2, "seed": 2, "classes": "all"}:
+            p.unlink()
+    assert main(["plot", "--results", str(part), "--protocol", "fewshot", "--datasets", "caltech101,dtd",
+                 "--seeds", "1,2", "--out-dir", str(tmp_path / "fig3")]) == 0
+    assert "skipped incomplete point: coop[epochs=2] dtd 2 shots (1/2 seeds)" in capsys.readouterr().err
+
+
+def test_plot_refuses_a_figure_with_only_zero_shot(world, tmp_path, capsys):
+    res = str(world["store"].root)
+    for protocol in ("fewshot", "base2new"):  # the store has seeds 1,2; the default asks for 1,2,3
+        code = main(["plot", "--results", res, "--protocol", protocol, "--datasets", "caltech101,dtd",
+                     "--out-dir", str(tmp_path)])
+        err = capsys.readouterr().err
+        assert code != 0 and "nothing but zero-shot" in err and "pass --seeds" in err and "nothing to plot" in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_method_colours_and_markers_are_fixed_per_method_across_figures(world, tmp_path):
+    """The same method (label) gets the same colour and marker in every figure, whatever the other methods are;
+    a method without overrides gets its class's colour and marker."""
+    from matplotlib.colors import to_hex
+
+    from bench import plots
+    from bench.registry import get_method
+    from bench.report import Query, load_frame, method_look
+
+    looks: dict = {}
+    real_save = plots._save
+
+    def spy(fig, base, formats):
+        for ax in fig.axes:
+            for line in ax.get_lines():
+                if line.get_gid():
+                    looks.setdefault(line.get_gid(), set()).add((to_hex(line.get_color()), line.get_marker()))
+        return real_save(fig, base, ("png",))
+
+    frame = load_frame(world["store"].root)
+    plots._save = spy
+    try:
+        for methods in (["zeroshot", "linear_probe", "coop"], ["coop", "zeroshot"], ["coop", "linear_probe"]):
+            plots.plot_fewshot(frame, Query(methods=methods, datasets=FS, seeds=SEEDS), tmp_path)
+    finally:
+        plots._save = real_save
+    assert set(looks) == {"zeroshot", LP, COOP}
+    for label, seen in looks.items():
+        assert seen == {(method_look(label)["color"].lower(), method_look(label)["marker"])}, label
+    assert looks["zeroshot"] == {(get_method("zeroshot").color.lower(), "*")}
+    assert len({c for s in looks.values() for c, _ in s}) == 3                  # three methods, three colours
+    for name in ("coop", "linear_probe", "kgcoop"):
+        cls = get_method(name)
+        assert method_look(name) == {"display_name": cls.display_name, "color": cls.color, "marker": cls.marker,
+                                     "linestyle": cls.linestyle, "order": cls.order}
+
+
+def test_grid_shape_and_y_limits():
+    from bench.plots import grid_shape, y_limits
+
+    assert grid_shape(5) == (2, 3) and grid_shape(12) == (3, 4) and grid_shape(3) == (1, 3) and grid_shape(8) == (2, 4)
+    for n in range(1, 16):
+        rows, cols = grid_shape(n)
+        assert rows * cols >= n and rows * cols - n < cols
+    lo, hi = y_limits(80.0, 99.7)
+    assert hi == 100.0 and lo < 80.0 and y_limits(0.5, 3.0)[0] == 0.0
 
 
 def test_plot_series_average_band_is_std_over_seeds_of_per_seed_averages(world, frame):

@@ -53,7 +53,6 @@ class MiniDataset:
     seed: int
     about: str
     variant_of: str | None = None
-    kgcoop_template: str | None = None
     domain_shift_targets: tuple = ()
 
     @property
@@ -232,7 +231,6 @@ def spec_yaml(key: str, order: int) -> str:
         "image_dir: images",
         f"split_file: {d.split_file}",
         f"template: {q(d.template)}",
-        f"kgcoop_template: {q(d.kgcoop_template or d.template)}",
         f"num_classes: {n}",
         f"sizes: {{train: {sizes['train']}, val: {sizes['val']}, test: {sizes['test']}}}",
         f"has_val: {'false' if d.variant_of else 'true'}",

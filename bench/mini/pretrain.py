@@ -137,7 +137,8 @@ def pretrain(s: dict, out_path: Path, threads: int | None = None) -> dict:
     threads = threads or min(os.cpu_count() or 1, 8)
     with _threads(threads):
         torch.manual_seed(s["seed"])
-        model = open_clip.create_model(ARCH, pretrained=None, init_logit_scale=s["init_logit_scale"])
+        with log.drop_log_messages("Model initialized randomly"):  # pretraining starts from random weights on purpose
+            model = open_clip.create_model(ARCH, pretrained=None, init_logit_scale=s["init_logit_scale"])
         model.train()
         tokens = _Tokens()
         decay, no_decay, vis_pos = [], [], []
