@@ -126,7 +126,7 @@ def measure(args) -> dict:
 
         def context():
             return Context(backbone=bb, classnames=splits.classnames, template=spec.template,
-                           kgcoop_template=spec.kgcoop_template, dataset=args.dataset, hparams=dict(hp), seed=1,
+                           dataset=args.dataset, hparams=dict(hp), seed=1,
                            log=lambda m: None)
 
         # (a) cold run in this process: an empty cache, everything encoded once, then trained and tested

@@ -313,20 +313,20 @@ def test_preemption_while_an_epochs_view_is_encoded_saves_at_once(data_root, tin
                                                                  fake_submitit_handler):
     """Encoding an epoch's augmented view can take minutes (longer than SLURM's grace period): the state at that
     epoch boundary is saved inside the signal handler and the task exits without waiting for the next step."""
-    from bench.features import FeatureCache
+    from bench.features import TrainViews
 
     config = config_of(data_root, tiny_backbone_spec, "coop", epochs=2, n_ctx=4, batch_size=2)
     reference = execute(copy.deepcopy(config), Store(tmp_path / "ref"))
     store = Store(tmp_path / "slurm")
     payload = bs.task_payload([config], store, bs.load_profile(None, ["checkpoint_every=0"]))
-    real_get = FeatureCache.get
+    real_view = TrainViews.__call__
 
-    def get(self, root, paths, transform="eval", view=0):
-        if transform == "train" and view == 1 and bt.STOP.active:
+    def view(self, v):  # the signal arrives while epoch 1's view is being served
+        if v == 1 and bt.STOP.active:
             os.kill(os.getpid(), signal.SIGUSR2)
-        return real_get(self, root, paths, transform, view)
+        return real_view(self, v)
 
-    monkeypatch.setattr(FeatureCache, "get", get)
+    monkeypatch.setattr(TrainViews, "__call__", view)
     count = signal_at_step(monkeypatch, __import__("methods.coop", fromlist=["CoOp"]).CoOp, 0)
     with pytest.raises(SystemExit):
         bs.RunTask()(payload)
@@ -345,7 +345,7 @@ def test_an_op_without_deterministic_cuda_kernel_fails_in_one_line():
 
     module = torch.nn.Linear(4, 2)
     ctx = Context(backbone=SimpleNamespace(device="cpu", precision="fp32"), classnames=["a", "b"], template="{}",
-                  kgcoop_template="{}", dataset="x", hparams={}, seed=1, log=lambda m: None)
+                  dataset="x", hparams={}, seed=1, log=lambda m: None)
     x, y = torch.randn(4, 4), torch.tensor([0, 1, 0, 1])
     train = TrainData(labels=y, view=lambda v: x, n_views=1, eval_features=x)
 

@@ -107,14 +107,14 @@ def test_ensemble_adds_the_evaluated_datasets_template_except_on_imagenet(xd_tre
 def test_context_switches_template_only_inside_an_evaluation():
     from bench.method import Context
 
-    ctx = Context(backbone=None, classnames=["a"], template="a photo of a {}.", kgcoop_template="a photo of a {}.",
-                  dataset="imagenet", hparams={})
+    ctx = Context(backbone=None, classnames=["a"], template="a photo of a {}.", dataset="imagenet",
+                  hparams={})
     with ctx.evaluating("eurosat"):
         assert (ctx.eval_dataset, ctx.template) == ("eurosat", "a centered satellite photo of {}.")
         with ctx.evaluating("imagenet_a"):  # the ImageNet variants have their own entry in the reference too
             assert ctx.template == "a photo of a {}."
         assert ctx.template == "a centered satellite photo of {}."
-    assert (ctx.eval_dataset, ctx.template, ctx.kgcoop_template) == (None, "a photo of a {}.", "a photo of a {}.")
+    assert (ctx.eval_dataset, ctx.template) == (None, "a photo of a {}.")
     assert ctx.template_for("dtd") == "{} texture."
 
 
