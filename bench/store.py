@@ -77,8 +77,8 @@ def result_problem(data, config: dict | None = None) -> str | None:
     if config is not None and h != config_hash(config):
         return "it belongs to another config"
     metrics = data.get("metrics")
-    if not isinstance(metrics, dict) or not metrics:
-        return "metrics is not a non-empty object"
+    if not isinstance(metrics, dict):
+        return "metrics is not an object"
     for name, m in metrics.items():
         if not isinstance(m, dict):
             return f"metrics[{name!r}] is not an object"
