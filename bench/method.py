@@ -95,6 +95,10 @@ class Method:
     needs_training: ClassVar[bool] = True      # False: shots and seed do not matter (zero-shot)
     protocols: ClassVar[tuple[str, ...]] = ("fewshot", "base2new", "domain_shift", "cross_dataset")
     description: ClassVar[str] = ""
+    # "features": fit() gets a TrainData of cached features and logits() test features (the default);
+    # "images": fit() gets a bench.imagestream.ImageTrainData (augmented image batches through DataLoader
+    # workers) and logits() batches of test images under the test transform (methods that prompt the encoder).
+    trains_on: ClassVar[str] = "features"
 
     @classmethod
     def default_hparams(cls, protocol: str, dataset: str, shots: int) -> dict:

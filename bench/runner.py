@@ -175,7 +175,11 @@ def execute(config: dict, store: Store | None = None, checkpointer: Checkpointer
     tr = config["train"]
     spec = get_spec(tr["dataset"])
     set_seed(tr["seed"])
-    if cls.needs_training:
+    images = getattr(cls, "trains_on", "features") == "images"
+    if cls.needs_training and images:
+        from bench.imagestream import build_image_train_data
+        train, classnames = build_image_train_data(config, backbone, data_root)
+    elif cls.needs_training:
         train, classnames = build_train_data(config, backbone, cache, data_root)
     else:
         train, classnames = None, label_space(config, data_root)
@@ -193,11 +197,15 @@ def execute(config: dict, store: Store | None = None, checkpointer: Checkpointer
     for ev in config["evals"]:
         name = ev["dataset"] if ev["classes"] == "all" else f"{ev['dataset']}:{ev['classes']}"
         root, items, names = _split_for(data_root, ev["dataset"], ev["classes"])
-        feats = cache.get(root, [it.path for it in items], "eval")
         labels = torch.tensor([it.label for it in items], dtype=torch.long)
         try:
             with torch.no_grad():
-                logits = method.logits(feats.to(backbone.device), names)
+                if images:  # the method sees test images (test transform), streamed in batches
+                    from bench.imagestream import stream_logits
+                    logits = stream_logits(method, backbone, root, [it.path for it in items], names)
+                else:
+                    feats = cache.get(root, [it.path for it in items], "eval")
+                    logits = method.logits(feats.to(backbone.device), names)
         except Unsupported as e:
             evaluations[name] = {"top1": None, "unsupported": str(e), **ev}
             continue
