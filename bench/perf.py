@@ -162,6 +162,11 @@ def measure(args) -> dict:
         out["text_speedup"] = times[False] / times[True]
         out["text_max_abs_diff"] = float((feats[True] - feats[False]).abs().max())
         out["text_max_abs"] = float(feats[False].abs().max())
+
+        # (c, d) the image-side path: DataLoader workers vs one process, deep text prompts cut vs uncut
+        from bench.perf_image import measure_image_side
+
+        out.update(measure_image_side(args, bb, root, paths, labels, classnames, spec))
     log.info("perf done")
     return out
 
@@ -178,6 +183,8 @@ def _stack(batch):
 
 
 def report(m: dict) -> str:
+    from bench.perf_image import report_image_side
+
     return "\n".join([
         f"backbone {m['backbone']} on {m['device']} ({m['precision']}); dataset {m['dataset']}: "
         f"{m['classes']} classes, {m['images']} training images; {m['epochs']} timed epochs per path",
@@ -190,6 +197,7 @@ def report(m: dict) -> str:
         f"{1e3 * m['text_uncut_s']:.2f} ms, cut (L={m['text_len_cut']}) {1e3 * m['text_cut_s']:.2f} ms",
         f"  -> text speed-up {m['text_speedup']:.2f}x; max |cut - uncut| = {m['text_max_abs_diff']:.2e} "
         f"(features up to {m['text_max_abs']:.2f})",
+        *report_image_side(m),
     ])
 
 
