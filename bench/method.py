@@ -4,7 +4,8 @@ The harness hands a method a :class:`Context` (frozen backbone, the training lab
 templates, hyperparameters, seed, a checkpointer) and a :class:`TrainData` (labels + cached image features, one tensor
 per augmented view).  The method trains in :meth:`Method.fit` and scores test features in :meth:`Method.logits`
 against any list of class names (the training classes, the new classes of base-to-new, or a subset such as the
-200 classes of ImageNet-A/R).  It never reads images, datasets or the results store.
+200 classes of ImageNet-A/R).  It never reads images, datasets or the results store.  A method that trains through
+the image encoder declares ``trains_on = "images"`` and gets augmented image batches instead (bench/imagestream.py).
 """
 
 from __future__ import annotations
