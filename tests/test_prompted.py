@@ -33,7 +33,16 @@ def deep(tmp_path_factory):
     (d / "tiny-deep.json").write_text(json.dumps(DEEP))
     (d / "tiny-resnet.json").write_text(json.dumps(RESNET))
     open_clip.add_model_config(d)
-    return create_backbone("tiny-deep", None)
+    bb = create_backbone("tiny-deep", None)
+    # Random init leaves every LayerNorm at weight 1, bias 0 (scale- and shift-invariant): give them random affine
+    # parameters so that an insertion at the wrong side of a LayerNorm changes the output.
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in bb.model.modules():
+            if isinstance(m, torch.nn.LayerNorm):
+                m.weight.copy_(1 + 0.5 * torch.randn(m.weight.shape, generator=gen))
+                m.bias.copy_(0.5 * torch.randn(m.bias.shape, generator=gen))
+    return bb
 
 
 def images(n=3, seed=0):
