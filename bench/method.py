@@ -4,7 +4,8 @@ The harness hands a method a :class:`Context` (frozen backbone, the training lab
 templates, hyperparameters, seed, a checkpointer) and a :class:`TrainData` (labels + cached image features, one tensor
 per augmented view).  The method trains in :meth:`Method.fit` and scores test features in :meth:`Method.logits`
 against any list of class names (the training classes, the new classes of base-to-new, or a subset such as the
-200 classes of ImageNet-A/R).  It never reads images, datasets or the results store.
+200 classes of ImageNet-A/R).  It never reads images, datasets or the results store.  A method that trains through
+the image encoder declares ``trains_on = "images"`` and gets augmented image batches instead (bench/imagestream.py).
 """
 
 from __future__ import annotations
@@ -264,6 +265,10 @@ class Method:
         for attr in DISPLAY_ATTRS:
             if attr not in cls.__dict__:
                 setattr(cls, attr, defaults[attr])
+    # "features": fit() gets a TrainData of cached features and logits() test features (the default);
+    # "images": fit() gets a bench.imagestream.ImageTrainData (augmented image batches through DataLoader
+    # workers) and logits() batches of test images under the test transform (methods that prompt the encoder).
+    trains_on: ClassVar[str] = "features"
 
     @classmethod
     def default_hparams(cls, protocol: str, dataset: str, shots: int) -> dict:

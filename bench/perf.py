@@ -230,6 +230,11 @@ def measure(args) -> dict:
         out["text_speedup"] = times[False] / times[True]
         out["text_max_abs_diff"] = float((feats[True] - feats[False]).abs().max())
         out["text_max_abs"] = float(feats[False].abs().max())
+
+        # (c, d) the image-side path: DataLoader workers vs one process, deep text prompts cut vs uncut
+        from bench.perf_image import measure_image_side
+
+        out.update(measure_image_side(args, bb, root, paths, labels, splits.classnames, spec))
     log.info("perf done")
     return out
 
@@ -246,6 +251,8 @@ def _stack(items):
 
 
 def report(m: dict) -> str:
+    from bench.perf_image import report_image_side
+
     c = m["cache"]
     lines = [
         f"backbone {m['backbone']} on {m['device']} ({m['precision']}); {m['dataset']}: {m['classes']} classes, "
@@ -275,6 +282,7 @@ def report(m: dict) -> str:
         f"{1e3 * m['text_uncut_s']:.2f} ms, cut (L={m['text_len_cut']}) {1e3 * m['text_cut_s']:.2f} ms",
         f"  -> text speed-up {m['text_speedup']:.2f}x; max |cut - uncut| = {m['text_max_abs_diff']:.2e} "
         f"(features up to {m['text_max_abs']:.2f})",
+        *report_image_side(m),
     ]
     return "\n".join(lines)
 

@@ -227,7 +227,13 @@ def execute(config: dict, store: Store | None = None, checkpointer: Checkpointer
     spec = get_spec(tr["dataset"])
     set_seed(tr["seed"])
     train_images = None
-    if cls.needs_training:
+    images = getattr(cls, "trains_on", "features") == "images"
+    if cls.needs_training and images:
+        from bench.imagestream import build_image_train_data
+
+        train, classnames = build_image_train_data(config, backbone, data_root)
+        train_images = images_used(train.labels, classnames, tr)
+    elif cls.needs_training:
         train, classnames = build_train_data(config, backbone, cache, data_root)
         train_images = images_used(train.labels, classnames, tr)
     else:
@@ -248,13 +254,18 @@ def execute(config: dict, store: Store | None = None, checkpointer: Checkpointer
     for ev in config["evals"]:
         name = ev["dataset"] if ev["classes"] == "all" else f"{ev['dataset']}:{ev['classes']}"
         root, items, names = _split_for(data_root, ev["dataset"], ev["classes"])
-        feats = cache.get(root, [it.path for it in items], "eval")
         labels = torch.tensor([it.label for it in items], dtype=torch.long)
         with ctx.evaluating(ev["dataset"]):  # hand-crafted prompts: the evaluated dataset's template
             used = describe()
             try:
                 with torch.no_grad():
-                    logits = method.logits(feats.to(backbone.device), names)
+                    if images:  # the method sees test images (test transform), streamed in batches
+                        from bench.imagestream import stream_logits
+
+                        logits = stream_logits(method, backbone, root, [it.path for it in items], names)
+                    else:
+                        feats = cache.get(root, [it.path for it in items], "eval")
+                        logits = method.logits(feats.to(backbone.device), names)
             except Unsupported as e:
                 evaluations[name] = {"top1": None, "unsupported": str(e), **ev, "templates": used}
                 continue

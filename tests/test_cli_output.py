@@ -100,12 +100,13 @@ def test_old_flag_spellings_work_with_a_deprecation_note(data_root, tmp_path, ca
 
 def test_table_infers_the_dataset_group_from_the_store(tmp_path):
     from bench.cli import infer_preset
-    from bench.store import write_json_atomic
+    from bench.store import config_hash, write_json_atomic
 
     def put(dataset):
+        config = {"protocol": "fewshot", "method": "zeroshot", "label": "zeroshot",
+                  "train": {"dataset": dataset, "shots": 0}}
         write_json_atomic(tmp_path / "zeroshot" / dataset / "x.json", {
-            "status": "complete", "hash": dataset, "config": {
-                "protocol": "fewshot", "method": "zeroshot", "label": "zeroshot", "train": {"dataset": dataset}}})
+            "status": "complete", "hash": config_hash(config), "config": config, "metrics": {}})
 
     assert infer_preset(str(tmp_path)) is None
     put("mini_colors")

@@ -165,8 +165,8 @@ def _write_many(args):
     root, i = args
     store = Store(root)
     for j in range(20):
-        config = {"method": "m", "train": {"dataset": "d", "shots": 1, "seed": j}, "evals": []}
-        store.write({"status": "complete", "hash": config_hash(config), "config": config, "writer": i})
+        config = {"method": "m", "protocol": "fewshot", "train": {"dataset": "d", "shots": 1, "seed": j}, "evals": []}
+        store.write({"status": "complete", "hash": config_hash(config), "config": config, "metrics": {}, "writer": i})
 
 
 def test_concurrent_writers_never_corrupt(tmp_path):

@@ -498,3 +498,4 @@ def test_perf_command_runs(capsys):
                  "--workers", "0"])
     out = capsys.readouterr().out
     assert code == 0 and "epoch speed-up" in out and "max |cut - uncut|" in out
+    assert "image-side speed-up" in out and "deep text prompts" in out

@@ -455,7 +455,8 @@ def test_reference_numbers_are_consistent_and_use_suite_names():
     assert set(ref["protocol"]) == {"fewshot", "base2new", "domain_shift", "cross_dataset"}
     for key in set(ref["eval"]) - {"average", "target_average"}:
         get_spec(key)                                   # a suite dataset key (raises otherwise)
-    assert set(ref["method"]) <= {"zeroshot", "linear_probe", "coop", "cocoop", "kgcoop", "maple", "prograd", "proda"}
+    assert set(ref["method"]) <= {"zeroshot", "linear_probe", "coop", "cocoop", "kgcoop", "maple", "prograd", "proda",
+                                 "vpt_deep", "ivlp", "promptsrc"}
     primary = ref[(ref["variant"] == "") & (ref["seed"] == "")]
     # one published number per (protocol, table, backbone, method, shots, eval, metric)
     assert not primary.duplicated(["protocol", "table", "backbone", "method", "shots", "eval", "metric"]).any()
