@@ -287,6 +287,7 @@ def mini_grid(mini_ckpt, data_root, tmp_path_factory):
               "--seeds", ",".join(map(str, SEEDS))]
     assert main(["run", "--protocol", "fewshot", "--method", "zeroshot,linear_probe,coop", "--shots", "1,16",
                  *common]) == 0
+    assert main(["run", "--protocol", "domain_shift", "--method", "zeroshot,coop", *common]) == 0
     out: dict = {}
     for r in Store(res).all_results():
         c = r["config"]
@@ -335,3 +336,17 @@ def test_fewshot_linear_probe_starts_below_zero_shot_and_rises_steeply(mini_grid
         assert np.mean(list(one.values())) < np.mean(list(zs.values())) - 5, (seed, one, zs)
         assert all(sixteen[d] > one[d] + 10 for d in zs), (seed, one, sixteen)
         assert np.mean([sixteen[d] - one[d] for d in zs]) > 15, (seed, one, sixteen)
+
+
+def test_domain_shift_coop_gain_shrinks_on_the_shifted_targets(mini_grid):
+    from bench.data import get_spec
+
+    src = "mini_fabrics"
+    targets = get_spec(src).domain_shift_targets
+    zs = {ev: v for (p, m, ds, k, s, ev), v in mini_grid.items() if p == "domain_shift" and m == "zeroshot"}
+    for seed in SEEDS:
+        coop = {ev: v for (p, m, ds, k, s, ev), v in mini_grid.items()
+                if p == "domain_shift" and m == "coop" and s == seed}
+        gain = {ev: coop[ev] - zs[ev] for ev in (src, *targets)}
+        assert gain[src] > 3, (seed, gain)
+        assert np.mean([gain[t] for t in targets]) < gain[src] / 2, (seed, gain)
