@@ -1,7 +1,7 @@
 """``bench demo``: the built-in default job — the miniature world end to end, as plain ``bench`` commands.
 
-It pretrains the tiny CLIP once (cached), writes the miniature datasets, runs a few-shot grid and the
-base-to-new protocol, prints both tables and writes the few-shot figure.  Every step is an ordinary CLI call,
+It pretrains the tiny CLIP once (cached), writes the miniature datasets, runs a few-shot grid, the
+base-to-new and the domain-shift protocols, prints the three tables and writes the few-shot figure.  Every step is an ordinary CLI call,
 printed before it runs, so the demo doubles as a tour of the commands.
 """
 
@@ -12,6 +12,7 @@ import time
 
 FEWSHOT_METHODS = "zeroshot,linear_probe,coop,kgcoop"
 BASE2NEW_METHODS = "zeroshot,coop,kgcoop"
+SHIFT_METHODS = "zeroshot,coop"
 
 
 def steps(shots: str, seeds: str, views: int, extra: list[str]) -> list[list[str]]:
@@ -21,8 +22,11 @@ def steps(shots: str, seeds: str, views: int, extra: list[str]) -> list[list[str
          "--views", str(views), *common],
         ["run", "--protocol", "base2new", "--method", BASE2NEW_METHODS, "--seeds", seeds, "--views", str(views),
          *common],
+        ["run", "--protocol", "domain_shift", "--method", SHIFT_METHODS, "--seeds", seeds, "--views", str(views),
+         *common],
         ["table", "--protocol", "fewshot", "--method", FEWSHOT_METHODS, "--seeds", seeds, *common],
         ["table", "--protocol", "base2new", "--method", BASE2NEW_METHODS, "--seeds", seeds, *common],
+        ["table", "--protocol", "domain_shift", "--method", SHIFT_METHODS, "--seeds", seeds, *common],
         ["plot", "--protocol", "fewshot", "--method", FEWSHOT_METHODS, "--seeds", seeds, *common],
     ]
 

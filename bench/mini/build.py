@@ -72,62 +72,61 @@ def _one(attr: str, values: list[str]) -> tuple:
     return tuple((v, v, {attr: v}) for v in values)
 
 
-OBJECT_COLORS = ["red", "orange", "yellow", "green", "blue", "purple"]
-OBJECT_SHAPES = ["circle", "square", "triangle", "star"]
-_OBJECT_CLASSES = tuple((f"{c}_{s}", f"{c} {s}", {"color": c, "shape": s}) for c in OBJECT_COLORS for s in OBJECT_SHAPES)
-_OBJECT_DIST = {"size": ["small", "medium", "large"], "pattern": ["solid"], "style": ["filled"],
-                "background": R.PRETRAIN_BACKGROUNDS}
+# Every class is defined by what fills the frame (colour, pattern), never by an outline: CoOp's reference
+# augmentation (random resized crops down to 8 % of the area, flips) keeps the class of every crop, as it
+# does for most real photos (a crop of a cat is still a cat). Shapes are pretraining content only: a crop
+# cuts a star into a triangle, so a dataset of shapes would punish the reference recipe, not the method.
+_SWATCH = {"style": ["swatch"], "background": ["dark", "light", "gray"]}
+FABRIC_COLORS = ["red", "orange", "yellow", "green", "blue", "purple"]
+FABRIC_PATTERNS = ["striped", "checkered", "dotted", "zigzag"]
+_FABRIC_CLASSES = tuple((f"{c}_{p}", f"{c} {p}", {"color": c, "pattern": p})
+                        for c in FABRIC_COLORS for p in FABRIC_PATTERNS)
+_FABRIC_TEMPLATE = "a photo of a {} fabric."
+_OBJECT_DIST = {"style": ["filled"], "size": ["large"], "background": R.PRETRAIN_BACKGROUNDS}
 
 DATASETS: dict[str, MiniDataset] = {}
 for _d in [
     MiniDataset(
-        key="mini_colors", name="MiniColors", display_name="MiniColors",
-        template="a photo of a {} object.",
-        classes=_one("color", R.COLOR_NAMES),
-        dist={"size": ["medium", "large"], "style": ["filled"]},
-        per_class=(24, 8, 40), seed=101,
-        about="coarse: the colour of any shape (8 classes); the prompt matches the captions: easy zero-shot"),
-    MiniDataset(
-        key="mini_shapes", name="MiniShapes", display_name="MiniShapes",
-        template="a photo of a {}.",
-        classes=_one("shape", R.SHAPES),
-        dist={"size": ["medium", "large"], "pattern": ["solid"], "style": ["filled"]},
+        key="mini_patterns", name="MiniPatterns", display_name="MiniPatterns",
+        template="a photo of a {} pattern.",
+        classes=_one("pattern", R.PATTERNS[1:]),
+        dist=_SWATCH,
         per_class=(24, 8, 40), seed=102,
-        about="shapes of any colour (8 classes); the captions name shapes but never in the prompt's form "
-              "\"a photo of a <shape>.\""),
+        about="generic: full-frame patterns at random scales (8 classes) named with the common words "
+              "(striped, checkered, dotted, ...) of the captions"),
     MiniDataset(
-        key="mini_objects", name="MiniObjects", display_name="MiniObjects",
-        template="a photo of a {}.",
-        classes=_OBJECT_CLASSES, dist=_OBJECT_DIST,
+        key="mini_fabrics", name="MiniFabrics", display_name="MiniFabrics",
+        template=_FABRIC_TEMPLATE,
+        classes=_FABRIC_CLASSES, dist={**_SWATCH, "pattern_scale": (0.6, 3.0)},
         per_class=(24, 8, 40), seed=103,
-        about="fine-grained colour x shape (24 classes; base = first 12 = red/orange/yellow, new = the rest)",
-        domain_shift_targets=("mini_objects_outline", "mini_objects_patchwork", "mini_objects_textured")),
+        about="fine-grained colour x pattern (24 classes, common words; base = first 12 = red/orange/yellow, "
+              "new = the rest); the domain-shift source",
+        domain_shift_targets=("mini_fabrics_objects", "mini_fabrics_zoomed", "mini_fabrics_patchwork")),
     MiniDataset(
         key="mini_textures", name="MiniTextures", display_name="MiniTextures",
         template="{} texture.",
         classes=tuple((R.SPECIALIST[p], R.SPECIALIST[p], {"pattern": p}) for p in R.PATTERNS[1:]),
-        dist={"style": ["swatch"], "background": ["dark", "light", "gray"]},
+        dist=_SWATCH,
         per_class=(24, 8, 40), seed=104,
-        about="specialised, like DTD: full-frame patterns at random scales (8 classes) named with the specialists' "
-              "words (banded, tartan, polka, ...) that only 0.3% of the pattern captions use: a weak hand-crafted "
-              "prompt, where a learned context gains most"),
-    # domain-shifted, test-only copies of mini_objects (same classes and template)
+        about="specialised, like DTD: the MiniPatterns images named with the specialists' words (banded, tartan, "
+              "polka, ...) that only 0.3% of the pattern captions use: a weak hand-crafted prompt, where a "
+              "learned context gains most"),
+    # domain-shifted, test-only copies of mini_fabrics (same classes and template)
     MiniDataset(
-        key="mini_objects_outline", name="MiniObjectsOutline", display_name="MiniObjects-Outline",
-        template="a photo of a {}.", classes=_OBJECT_CLASSES, dist={**_OBJECT_DIST, "style": ["outline"]},
-        per_class=(0, 0, 40), seed=105, variant_of="mini_objects",
-        about="mini_objects drawn as outlines (the style of 10% of the pretraining images)"),
+        key="mini_fabrics_objects", name="MiniFabricsObjects", display_name="MiniFabrics-Objects",
+        template=_FABRIC_TEMPLATE, classes=_FABRIC_CLASSES, dist=_OBJECT_DIST,
+        per_class=(0, 0, 40), seed=105, variant_of="mini_fabrics",
+        about="the fabrics cut into large shapes on plain backgrounds"),
     MiniDataset(
-        key="mini_objects_patchwork", name="MiniObjectsPatchwork", display_name="MiniObjects-Patchwork",
-        template="a photo of a {}.", classes=_OBJECT_CLASSES, dist={**_OBJECT_DIST, "background": ["patchwork"]},
-        per_class=(0, 0, 40), seed=106, variant_of="mini_objects",
-        about="mini_objects on a cluttered background of random coloured blocks (never seen in pretraining)"),
+        key="mini_fabrics_zoomed", name="MiniFabricsZoomed", display_name="MiniFabrics-Zoomed",
+        template=_FABRIC_TEMPLATE, classes=_FABRIC_CLASSES, dist={**_SWATCH, "pattern_scale": (3.0, 6.0)},
+        per_class=(0, 0, 40), seed=106, variant_of="mini_fabrics",
+        about="the fabrics magnified 3-6x (pretraining: 1-3x)"),
     MiniDataset(
-        key="mini_objects_textured", name="MiniObjectsTextured", display_name="MiniObjects-Textured",
-        template="a photo of a {}.", classes=_OBJECT_CLASSES,
-        dist={**_OBJECT_DIST, "pattern": R.PATTERNS[1:], "size": ["medium", "large"]},
-        per_class=(0, 0, 40), seed=107, variant_of="mini_objects",
-        about="mini_objects filled with two-tone patterns"),
+        key="mini_fabrics_patchwork", name="MiniFabricsPatchwork", display_name="MiniFabrics-Patchwork",
+        template=_FABRIC_TEMPLATE, classes=_FABRIC_CLASSES, dist={**_OBJECT_DIST, "background": ["patchwork"]},
+        per_class=(0, 0, 40), seed=108, variant_of="mini_fabrics",
+        about="the fabric shapes on a cluttered background of random coloured blocks (never seen in pretraining)"),
 ]:
     DATASETS[_d.key] = _d
 
