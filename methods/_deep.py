@@ -25,22 +25,14 @@ from bench import prompted
 from bench.errors import BenchError
 from bench.imagestream import fit_image_epochs
 from bench.method import Method, Param, cosine_logits, prompt_name
-from methods._prompts import optim_defaults, optim_kwargs
+from methods._prompts import OPTIM_SPEC, optim_defaults, optim_kwargs
 
 HANDCRAFTED = "a photo of a {}."  # the frozen text side of VPT-deep (MaPLe repository's VPT trainer)
 
 
 def optim_spec() -> dict:
-    """hparam_spec entries of the shared optimiser keys ."""
-    return {
-        "epochs": Param(int, min=1, help="training epochs"),
-        "batch_size": Param(int, min=1, help="images per step"),
-        "lr": Param(float, min=0.0, help="SGD learning rate after the warm-up epoch"),
-        "momentum": Param(float, min=0.0, max=1.0, help="SGD momentum"),
-        "weight_decay": Param(float, min=0.0, help="SGD weight decay"),
-        "warmup_epochs": Param(int, min=0, help="epochs at the constant warm-up lr"),
-        "warmup_lr": Param(float, min=0.0, help="warm-up learning rate"),
-    }
+    """hparam_spec entries of the shared optimiser keys (the CoOp family's)."""
+    return dict(OPTIM_SPEC)
 
 
 def prompt_spec() -> dict:
