@@ -173,7 +173,7 @@ def test_cpu_and_gpu_feature_caches_are_kept_apart(data_root, tiny_backbone_spec
     bb_gpu, cache_gpu = get_backbone(tiny_backbone_spec, "auto", DEVICE)
     assert bb_cpu.precision == "fp32" and bb_gpu.precision == "amp"
     root = os.path.join(data_root, "eurosat")
-    assert cache_cpu.bank_path(root, "eval", 0) != cache_gpu.bank_path(root, "eval", 0)
+    assert cache_cpu.bank_dir(root, "eval") != cache_gpu.bank_dir(root, "eval")
     before = cache_gpu.encoded
     gpu = execute(config_of(data_root, tiny_backbone_spec, "zeroshot", "auto"), Store(tmp_path / "gpu"),
                   device=DEVICE)
