@@ -109,7 +109,7 @@ def test_table_infers_the_dataset_group_from_the_store(tmp_path):
             "status": "complete", "hash": config_hash(config), "config": config, "metrics": {}})
 
     assert infer_preset(str(tmp_path)) is None
-    put("mini_colors")
+    put("mini_patterns")
     assert infer_preset(str(tmp_path)) == "mini" and infer_preset(str(tmp_path), "base2new") is None
     put("caltech101")
     assert infer_preset(str(tmp_path)) == "coop11"
