@@ -492,7 +492,7 @@ def _transfer_table(a, labels, src, q, proto) -> Table:
             r.index = r.index[:1]
             r.group = "all"
     t.rows = rows
-    what = "the 4 targets" if q.protocol == "domain_shift" else f"the {len(targets)} targets (source excluded)"
+    what = f"the {len(evals) - 1} targets" + ("" if q.protocol == "domain_shift" else " (source excluded)")
     t.notes.append(f"{avg_name}: arithmetic mean over {what}")
     return t
 

