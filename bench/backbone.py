@@ -500,6 +500,15 @@ def train_transform(image_size: int, mean, std) -> T.Compose:
 # ---------------------------------------------------------------------------------------------------------------
 # The backbone
 
+def pool_text(model, x: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
+    """The text tower's head: the EOT token of each sequence (LayerNorm is per token, so pooling first is exact),
+    ``ln_final`` and the projection (a Parameter or an ``nn.Linear``, depending on the open_clip model)."""
+    x = model.ln_final(x[torch.arange(x.shape[0], device=x.device), eot])
+    if isinstance(model.text_projection, torch.nn.Linear):
+        return model.text_projection(x)
+    return x if model.text_projection is None else x @ model.text_projection
+
+
 class Backbone:
     """A frozen open_clip model with the encoders the methods need (see create_backbone)."""
 
@@ -588,12 +597,7 @@ class Backbone:
         with self._autocast():
             x = prompt_embeds.to(cast_dtype) + m.positional_embedding[:n_pos].to(cast_dtype)
             x = m.transformer(x, attn_mask=m.attn_mask[:n_pos, :n_pos])  # batch-first; the mask is not in the blocks
-            x = x[torch.arange(x.shape[0], device=x.device), eot]  # pool at EOT (LayerNorm is per token)
-            x = m.ln_final(x)
-            if isinstance(m.text_projection, torch.nn.Linear):
-                x = m.text_projection(x)
-            elif m.text_projection is not None:
-                x = x @ m.text_projection
+            x = pool_text(m, x, eot)
         return x.float()
 
     def encode_text(self, texts: list[str], normalize: bool = True, batch_size: int = 256) -> torch.Tensor:

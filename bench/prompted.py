@@ -25,6 +25,7 @@ from typing import Sequence
 
 import torch
 
+from bench.backbone import pool_text
 from bench.errors import BenchError
 
 
@@ -84,12 +85,7 @@ def encode_text(backbone, embeds: torch.Tensor, tokens: torch.Tensor, deep: Sequ
     with backbone._autocast():
         x = embeds[:, :n_pos].to(backbone.device, cast) + m.positional_embedding[:n_pos].to(cast)
         x = _run_blocks(m.transformer, x, m.attn_mask[:n_pos, :n_pos], insert)
-        x = x[torch.arange(n, device=x.device), eot]  # EOT pooling (LayerNorm is per token)
-        x = m.ln_final(x)
-        if isinstance(m.text_projection, torch.nn.Linear):
-            x = m.text_projection(x)
-        elif m.text_projection is not None:
-            x = x @ m.text_projection
+        x = pool_text(m, x, eot)
     return x.float()
 
 
