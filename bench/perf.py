@@ -68,9 +68,13 @@ def _fixture(args, tmp: Path):
 
         import bench.backbone  # noqa: F401 - registers the project's architectures
 
+        from bench import log
+        from bench.backbone import RANDOM_INIT_MESSAGE
+
         torch.manual_seed(0)
         pretrained = str(tmp / f"{args.backbone}.pt")
-        torch.save(open_clip.create_model(args.backbone).state_dict(), pretrained)
+        with log.drop_log_messages(RANDOM_INIT_MESSAGE):  # random on purpose: these are the fixture's weights
+            torch.save(open_clip.create_model(args.backbone).state_dict(), pretrained)
     if args.data_root:
         return Path(args.data_root), pretrained, "real"
     from bench.synth import make_dataset_tree

@@ -216,6 +216,9 @@ def expand(
         overrides = given  # labels and hashes keep the values as given; the run's hparams get the declared types
         for dataset in datasets:
             evals = evals_for(protocol, dataset, group)
+            # the hand-crafted prompt of every dataset the run touches is part of its identity: edit a spec's
+            # template and its runs are redone (not silently reused)
+            templates = {d: get_spec(d).template for d in dict.fromkeys([dataset, *(e["dataset"] for e in evals)])}
             for k in shots if cls.needs_training else [0]:
                 for seed in seeds if cls.needs_training else [None]:
                     hp = cls.default_hparams(protocol, dataset, k)
@@ -240,6 +243,7 @@ def expand(
                         "protocol": protocol,
                         "train": {"dataset": dataset, "shots": k, "seed": seed, "classes": proto.train_classes},
                         "evals": evals,
+                        "templates": templates,
                         "views": n_views if cls.needs_training else None,
                         "data_root": data_root,
                     }

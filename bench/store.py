@@ -46,6 +46,21 @@ def write_json_atomic(path: Path, data: dict) -> None:
         raise StoreError(f"cannot write {path}: {e.strerror or type(e).__name__}") from None
 
 
+def _changed_template(config: dict) -> str | None:
+    """The first dataset whose template in ``config`` differs from its current spec (None: all current, or a
+    dataset this process has no spec for)."""
+    from bench.data import get_spec
+
+    for dataset, template in (config.get("templates") or {}).items():
+        try:
+            current = get_spec(dataset).template
+        except BenchError:
+            continue
+        if current != template:
+            return dataset
+    return None
+
+
 class StoreError(BenchError):
     """The results store cannot be written: nothing more can be stored, so the grid stops (results kept)."""
 
@@ -248,16 +263,21 @@ class Store:
         from bench import log
         from bench.registry import code_version, find_method
 
-        out, stale = [], Counter()
+        out, stale, prompts = [], Counter(), Counter()
         for r in self.all_results():
             cls = find_method(r["config"].get("method", ""))
             if cls is not None and r["config"].get("code") != code_version(cls):
                 stale[r["config"]["method"]] += 1
+            elif (d := _changed_template(r["config"])) is not None:
+                prompts[d] += 1
             else:
                 out.append(r)
         if stale:
             log.info(f"left out {sum(stale.values())} result(s) made by an earlier version of the method's code "
                      f"({', '.join(f'{m}: {n}' for m, n in sorted(stale.items()))}); `bench run` redoes them")
+        if prompts:
+            log.info(f"left out {sum(prompts.values())} result(s) made with another hand-crafted template of "
+                     f"{', '.join(sorted(prompts))} than its dataset spec holds now; `bench run` redoes them")
         return out
 
     # ---- before a grid runs: a writable store without leftovers ----------------------------------------------

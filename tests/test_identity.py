@@ -168,3 +168,34 @@ def test_a_run_planned_with_other_code_is_refused(world, tmp_path, tiny_backbone
     with pytest.raises(BenchError, match="the code of method zeroshot changed since this run was planned"):
         execute(config, Store(tmp_path / "res"))
     assert not Store(tmp_path / "res").all_results()
+
+
+def test_edited_dataset_template_is_rerun_and_old_results_left_out(world, tmp_path, monkeypatch, capsys):
+    """The hand-crafted prompt is part of a run's identity: a spec whose template was edited gets its runs redone,
+    and the table leaves the old template's numbers out (with one line saying so)."""
+    import shutil
+
+    from bench import paths
+
+    specs = tmp_path / "specs"
+    shutil.copytree(paths.DATASETS_DIR, specs)
+    monkeypatch.setattr(paths, "DATASETS_DIR", specs)
+    args = ["--method", "zeroshot", "--datasets", "eurosat", "--backbone", "tiny-test", "--pretrained", world["ckpt"],
+            "--data-root", world["root"], "--results", tmp_path / "res"]
+    assert "0 already complete, 1 ran" in _cli(capsys, "run", *args)[0]
+    assert "1 already complete, 0 ran" in _cli(capsys, "run", *args)[0]
+    first = Store(tmp_path / "res").all_results()[0]
+    assert first["config"]["templates"] == {"eurosat": "a centered satellite photo of {}."}
+
+    spec = specs / "eurosat.yaml"
+    spec.write_text(spec.read_text().replace("a centered satellite photo of {}.", "a satellite image of {}."))
+    status = _cli(capsys, "status", *args)[0]
+    assert [ln.split()[-3:] for ln in status.splitlines() if "zeroshot" in ln] == [["0", "1", "0"]]
+    assert "0 already complete, 1 ran" in _cli(capsys, "run", *args)[0]
+    results = Store(tmp_path / "res").all_results()
+    assert len(results) == 2
+    new = next(r for r in results if r["hash"] != first["hash"])
+    assert new["config"]["templates"] == {"eurosat": "a satellite image of {}."}
+    assert new["metrics"]["eurosat"]["templates"]["templates"] == ["a satellite image of {}."]  # what scored it
+    _, err = _cli(capsys, "table", "--method", "zeroshot", "--datasets", "eurosat", "--results", tmp_path / "res")
+    assert "left out 1 result(s) made with another hand-crafted template of eurosat" in err

@@ -491,7 +491,9 @@ def test_end_to_end_through_the_runner(trees, tmp_path, tiny_backbone_spec):
             assert result["train_stats"]["c_search"].startswith("val" if dataset == "caltech101" else "holdout")
 
 
-def test_perf_command_runs(capsys):
+def test_perf_command_runs(capsys, caplog):
+    import logging
+
     from bench.cli import main
 
     code = main(["perf", "--classes", "2", "--shots", "2", "--epochs", "1", "--text-classes", "3", "--reps", "1", "--no-grid",
@@ -499,3 +501,5 @@ def test_perf_command_runs(capsys):
     out = capsys.readouterr().out
     assert code == 0 and "epoch speed-up" in out and "max |cut - uncut|" in out
     assert "image-side speed-up" in out and "deep text prompts" in out
+    # no stray library warning (open_clip's "initialized randomly" for the fixture's deliberately random weights)
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]

@@ -126,7 +126,7 @@ def _copy_demo_results(store) -> int:
     n = 0
     for r in Store(src).all_results():
         c = r["config"]
-        if c.get("backbone", {}).get("arch") == "mini" and c.get("protocol") in ("fewshot", "domain_shift"):
+        if c.get("backbone", {}).get("arch") == "mini" and c.get("protocol") in ("fewshot", "base2new", "domain_shift"):
             store.write(r)
             n += 1
     return n
@@ -298,7 +298,7 @@ SEEDS = (1,)  # the demo's seeds: every finding must hold on each
 
 @pytest.fixture(scope="module")
 def mini_grid(mini_ckpt, data_root, tmp_path_factory):
-    """The demo's grid through the CLI (reference recipes, 16 cached views), less its 4-shot runs:
+    """The demo's grid through the CLI (reference recipes, 16 cached views):
     {(protocol, method, train dataset, shots, seed, eval): top1}."""
     from bench.cli import main
     from bench.store import Store
@@ -309,6 +309,7 @@ def mini_grid(mini_ckpt, data_root, tmp_path_factory):
               "--seeds", ",".join(map(str, SEEDS))]
     assert main(["run", "--protocol", "fewshot", "--method", "zeroshot,linear_probe,coop", "--shots", "1,16",
                  *common]) == 0
+    assert main(["run", "--protocol", "base2new", "--method", "zeroshot,coop,kgcoop", *common]) == 0
     assert main(["run", "--protocol", "domain_shift", "--method", "zeroshot,coop", *common]) == 0
     out: dict = {}
     for r in Store(res).all_results():
@@ -343,9 +344,6 @@ def test_fewshot_coop_beats_zero_shot_on_average_and_rises_with_shots(mini_grid)
         assert sixteen > one + 3, (seed, one, sixteen)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13 open: since augmentation is keyed by the run seed, seed 1's CoOp "
-                   "gains are Patterns +9.4, Textures +7.8, Fabrics +5.4 (16 shots): the specialised dataset is "
-                   "not the largest gain on this seed")
 def test_fewshot_gain_largest_on_the_specialised_smallest_on_a_generic_dataset(mini_grid):
     zs = _fewshot(mini_grid, "zeroshot", 0, None)
     for seed in SEEDS:
@@ -375,3 +373,69 @@ def test_domain_shift_coop_gain_shrinks_on_the_shifted_targets(mini_grid):
         gain = {ev: coop[ev] - zs[ev] for ev in (src, *targets)}
         assert gain[src] > 3, (seed, gain)
         assert np.mean([gain[t] for t in targets]) < gain[src] / 2, (seed, gain)
+
+
+def _base2new(grid, method, seed):
+    """{dataset: (base top1, new top1)} of one method and seed on base-to-new (zero-shot: any seed)."""
+    out: dict = {}
+    for (p, m, ds, k, s, ev), v in grid.items():
+        if p == "base2new" and m == method and (method == "zeroshot" or s == seed):
+            dataset, part = ev.split(":")
+            out.setdefault(dataset, {})[part] = v
+    return {d: (v["base"], v["new"]) for d, v in out.items()}
+
+
+def _avg_bnh(per_dataset):
+    b = float(np.mean([x[0] for x in per_dataset.values()]))
+    n = float(np.mean([x[1] for x in per_dataset.values()]))
+    return b, n, 2 * b * n / (b + n)
+
+
+def test_base2new_coop_learns_the_base_classes(mini_grid):
+    zs = _base2new(mini_grid, "zeroshot", None)
+    assert set(zs) == {"mini_patterns", "mini_fabrics", "mini_textures"}
+    for seed in SEEDS:
+        coop = _base2new(mini_grid, "coop", seed)
+        assert set(coop) == set(zs)
+        assert _avg_bnh(coop)[0] > _avg_bnh(zs)[0] + 5, (seed, coop, zs)  # measured: +16.6 on seed 1
+
+
+@pytest.mark.xfail(strict=True, reason="not shown by the miniature world: CoOp's context also helps MiniFabrics' new classes "
+                   "(the same patterns in other colours; seed 1: new 85.2 -> 92.9), so CoOp's new-class average "
+                   "is not below zero-shot's and KgCoOp's H stays below CoOp's")
+def test_base2new_coop_loses_new_classes_and_kgcoop_keeps_the_balance(mini_grid):
+    zs = _avg_bnh(_base2new(mini_grid, "zeroshot", None))
+    for seed in SEEDS:
+        coop, kg = _avg_bnh(_base2new(mini_grid, "coop", seed)), _avg_bnh(_base2new(mini_grid, "kgcoop", seed))
+        assert coop[1] < zs[1], (seed, coop, zs)
+        assert kg[2] > coop[2], (seed, kg, coop)
+
+
+IMAGE_SIDE = ("vpt_deep", "ivlp", "maple", "promptsrc")
+
+
+def test_base2new_image_side_methods_learn_the_base_textures_and_lose_the_new_ones(mini_ckpt, data_root, tmp_path):
+    """The methods that prompt the image encoder, trained through it on images (the streaming path, reference
+    configs), on MiniTextures: each one's base accuracy above zero-shot's and its new-class accuracy below, on every
+    seed (measured on seeds 1-3: base 68.1-85.0 vs 64.4, new 40.0-69.4 vs 71.3), as in the papers' base-to-new
+    tables where prompts tuned on base classes lose ground on unseen ones."""
+    from bench.cli import main
+    from bench.registry import get_method
+    from bench.store import Store
+
+    assert all(get_method(m).trains_on == "images" for m in IMAGE_SIDE)
+    common = ["--preset", "mini", "--data-root", str(data_root), "--results", str(tmp_path / "res"),
+              "--datasets", "mini_textures", "--seeds", ",".join(map(str, SEEDS)), "--protocol", "base2new"]
+    assert main(["run", "--method", ",".join(("zeroshot", *IMAGE_SIDE)), *common]) == 0
+    got: dict = {}
+    for r in Store(tmp_path / "res").all_results():
+        c = r["config"]
+        for ev, m in r["metrics"].items():
+            got[(c["method"], c["train"]["seed"], ev.split(":")[1])] = m["top1"]
+    zb, zn = got[("zeroshot", None, "base")], got[("zeroshot", None, "new")]
+    for seed in SEEDS:
+        base = {m: got[(m, seed, "base")] for m in IMAGE_SIDE}
+        new = {m: got[(m, seed, "new")] for m in IMAGE_SIDE}
+        assert all(b > zb for b in base.values()), (seed, zb, base)
+        assert all(n < zn for n in new.values()), (seed, zn, new)
+        assert np.mean(list(base.values())) > zb + 5 and np.mean(list(new.values())) < zn - 5, (seed, base, new)

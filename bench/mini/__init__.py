@@ -8,9 +8,7 @@ datasets in CoOp's on-disk layout, so that the suite runs end to end on a laptop
   ``<cache_dir>/mini/<key>/mini_clip.pt`` (key = hash of every setting).
 - ``bench.mini.build``: ``ensure_data(root=None) -> Path``: the mini datasets (specs ``datasets/mini_*.yaml``)
   written once under ``<cache_dir>/mini/data``.
+
+The submodules are imported where used (not here), so ``python -m bench.mini.build`` / ``bench.mini.pretrain``
+run without runpy's double-import warning.
 """
-
-from .build import DATASETS, ensure_data
-from .pretrain import ensure_checkpoint
-
-__all__ = ["DATASETS", "ensure_checkpoint", "ensure_data"]

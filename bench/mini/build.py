@@ -88,7 +88,7 @@ DATASETS: dict[str, MiniDataset] = {}
 for _d in [
     MiniDataset(
         key="mini_patterns", name="MiniPatterns", display_name="MiniPatterns",
-        template="a photo of a {} pattern.",
+        template="a close-up of a {} pattern.",
         classes=_one("pattern", R.PATTERNS[1:]),
         dist=_SWATCH,
         per_class=(24, 8, 40), seed=102,
