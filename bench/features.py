@@ -193,6 +193,19 @@ def _segment_problem(data) -> str:
     return ""
 
 
+def _dead_local_holder(holder: list[str]) -> bool:
+    """True when a claim's "<host> <pid>" names a process of this host that no longer exists."""
+    if len(holder) != 2 or holder[0] != socket.gethostname() or not holder[1].isdigit():
+        return False
+    try:
+        os.kill(int(holder[1]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def _clean_stale(folder: Path, now: float | None = None) -> None:
     """Remove temporary files of killed writers (``.<name>.*.tmp``) older than STALE_TMP_S."""
     now = now or time.time()
@@ -467,6 +480,7 @@ class FeatureCache:
         return bank.take(keys)
 
     def _fill(self, root: Path, relpaths, keys, targets, seed) -> None:
+        waiting = False
         while True:
             todo = {}
             for view, folder in targets:
@@ -479,6 +493,9 @@ class FeatureCache:
             spec = sorted(f"{folder}|{keys[i]}" for (_, folder), miss in todo.items() for i in miss)
             claim = self._claim(_digest("\n".join(spec), 32))
             if claim is None:  # another process is encoding exactly this: wait for it, then look again
+                if not waiting:
+                    log.info("feature cache: another process is encoding these images; waiting for it")
+                    waiting = True
                 time.sleep(0.5)
                 continue
             try:
@@ -491,6 +508,9 @@ class FeatureCache:
             return
 
     def _claim(self, name: str) -> Path | None:
+        """An exclusive claim on encoding one missing set; None while another live process holds it. A claim of a
+        process of this host that no longer exists (killed: SIGKILL, OOM) is taken over at once, any other once it
+        has not been refreshed for CLAIM_STALE_S."""
         folder = self.base() / "claims"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{name}.claim"
@@ -500,11 +520,14 @@ class FeatureCache:
             except FileExistsError:
                 try:
                     age = time.time() - path.stat().st_mtime
+                    holder = path.read_text().split()
                 except FileNotFoundError:
                     continue  # released meanwhile: try again
-                if age <= CLAIM_STALE_S:
+                dead = _dead_local_holder(holder)
+                if age <= CLAIM_STALE_S and not dead:
                     return None
-                log.info(f"feature cache: taking over a stale claim {path} ({age:.0f} s old)")
+                why = f"its process {holder[1]} is gone" if dead else f"{age:.0f} s old"
+                log.info(f"feature cache: taking over an abandoned claim {path} ({why})")
                 try:
                     os.unlink(path)
                 except FileNotFoundError:

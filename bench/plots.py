@@ -286,7 +286,9 @@ def _save(fig, base: Path, formats) -> list[Path]:
 
 
 def _band_note(n_seeds: int, arch: str, weights: str) -> str:
-    return f"mean ± 1 std over {n_seeds} seed{'s' if n_seeds != 1 else ''}, {arch} ({weights})"
+    if n_seeds == 1:  # one seed has no spread: say so instead of promising error bands
+        return f"1 seed (no error bands), {arch} ({weights})"
+    return f"mean ± 1 std over {n_seeds} seeds, {arch} ({weights})"
 
 
 def plot_fewshot(df, q, out_dir: Path, formats=("png", "pdf")) -> list[Path]:

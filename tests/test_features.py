@@ -210,3 +210,23 @@ def test_memory_store_is_bounded(data, bb, tmp_path):
             assert torch.equal(views(v), expected[v])
             assert len(cache._banks) <= 2
     assert cache.encoded == 0
+
+
+def test_a_claim_of_a_killed_process_is_taken_over_at_once(tmp_path, tiny_ckpt):
+    """A `bench run` killed while encoding (SIGKILL, OOM) leaves its claim marker behind: the next command on this
+    host takes it over at once instead of waiting for it to go stale (minutes), while a live holder is waited for."""
+    import socket
+
+    from bench.backbone import create_backbone
+    from bench.features import FeatureCache
+
+    cache = FeatureCache(create_backbone("tiny-test", str(tiny_ckpt), precision="fp32"), root=tmp_path)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    folder = cache.base() / "claims"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "x.claim").write_text(f"{socket.gethostname()} {int(dead.stdout)}\n")
+    claim = cache._claim("x")
+    assert claim is not None and claim.read_text().split() == [socket.gethostname(), str(os.getpid())]
+    assert cache._claim("x") is None  # held by a live process (this one): wait
+    claim.write_text(f"another-host {int(dead.stdout)}\n")
+    assert cache._claim("x") is None  # another host's process cannot be checked: only age frees it
