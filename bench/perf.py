@@ -66,10 +66,8 @@ def _fixture(args, tmp: Path):
     if pretrained in (None, "none", "random"):
         import open_clip
 
-        import bench.backbone  # noqa: F401 - registers the project's architectures
-
         from bench import log
-        from bench.backbone import RANDOM_INIT_MESSAGE
+        from bench.backbone import RANDOM_INIT_MESSAGE  # (importing bench.backbone registers our architectures)
 
         torch.manual_seed(0)
         pretrained = str(tmp / f"{args.backbone}.pt")

@@ -397,7 +397,7 @@ def test_base2new_coop_learns_the_base_classes(mini_grid):
     for seed in SEEDS:
         coop = _base2new(mini_grid, "coop", seed)
         assert set(coop) == set(zs)
-        assert _avg_bnh(coop)[0] > _avg_bnh(zs)[0] + 5, (seed, coop, zs)  # measured: +16.6 on seed 1
+        assert _avg_bnh(coop)[0] > _avg_bnh(zs)[0] + 5, (seed, coop, zs)  # measured: +16.7 on seed 1 (72.6 -> 89.4)
 
 
 @pytest.mark.xfail(strict=True, reason="not shown by the miniature world: CoOp's context also helps MiniFabrics' new classes "
