@@ -103,7 +103,8 @@ def cmd_demo(args) -> int:
 
 
 def add_command(sub) -> None:
-    p = sub.add_parser("demo", help="the built-in default: the miniature world end to end (a few minutes on a CPU)")
+    p = sub.add_parser("demo", help="the built-in default: the miniature world end to end (~15 min on 2 CPU cores, "
+                                    "9 of them pretraining once)")
     # Sized for CI on two CPU cores (pretraining is ~9 of its minutes there); `--shots 1,4,16 --seeds 1,2,3`
     # or `bench run --preset mini ...` for more.
     p.add_argument("--shots", default="1,16")
