@@ -29,7 +29,7 @@ from PIL import Image
 
 from bench import log
 from bench.errors import BenchError
-from bench.train import batches, lr_at_epoch
+from bench.train import batches, grad_scaler, lr_at_epoch
 
 EVAL_BATCH = 100  # the reference's DATALOADER.TEST.BATCH_SIZE
 
@@ -209,7 +209,8 @@ def fit_image_epochs(
     """
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    scaler = torch.amp.GradScaler("cuda", enabled=train.backbone.precision == "amp")
+    # the feature path's loss scaler (fp16 autocast and fp16 weights); a disabled one passes losses through
+    scaler = grad_scaler(train.backbone.precision, train.backbone.device) or torch.amp.GradScaler("cuda", enabled=False)
     history: list[float] = []
     start = 0
     state = ctx.checkpointer.load()
