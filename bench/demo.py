@@ -36,13 +36,6 @@ def steps(shots: str, seeds: str, views: int, extra: list[str]) -> list[list[str
     ]
 
 
-def _cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def _helper(argv: list[str]) -> tuple[subprocess.Popen, IO[bytes]]:
     """A second `bench run` of the same grid, in the background: the store's run claims make the two processes
     share the runs (each run executed once), as two SLURM tasks or two terminals would. One thread each, like the
@@ -58,11 +51,12 @@ def cmd_demo(args) -> int:
     import torch
 
     from bench.cli import main
+    from bench.features import usable_cpus
 
     on_cpu = not torch.cuda.is_available()
     if on_cpu:
         torch.set_num_threads(1)  # the miniature models are tiny: one thread is fastest and immune to busy cores
-    share = on_cpu and _cpus() >= 2 and not args.one_process
+    share = on_cpu and usable_cpus() >= 2 and not args.one_process
     extra = ["--results", args.results] if args.results else []
     t0 = time.time()
     if share:  # the checkpoint and data first (once, with every core), then two processes share each grid

@@ -154,14 +154,19 @@ def numerics_key(backbone) -> str:
     return f"{backbone.precision}-{kind}-torch{torch.__version__.split('+')[0]}"
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity (e.g. a SLURM allocation), not the whole node."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def default_workers(device: str = "cpu") -> int:
     """DataLoader workers for decoding, from the CPUs this process may run on (its affinity, e.g. a SLURM
     allocation, not the whole node): all of them (at most 8) when a GPU encodes, all but one when the CPU
     encodes (that one runs the encoder, overlapped); 0 (decode in the main process) with a single CPU."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        n = os.cpu_count() or 1
+    n = usable_cpus()
     if n <= 1:
         return 0
     return min(8, n if torch.device(device).type == "cuda" else n - 1)

@@ -42,8 +42,10 @@ def worker_count() -> int:
     env = os.environ.get("BENCH_WORKERS")
     if env:
         return max(0, int(env))
-    n = len(os.sched_getaffinity(0))
-    return min(8, max(1, n - 1)) if n > 1 else 0
+    from bench.features import usable_cpus
+
+    n = usable_cpus()
+    return min(8, n - 1) if n > 1 else 0
 
 
 def _seed(*parts) -> int:
