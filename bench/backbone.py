@@ -600,6 +600,66 @@ class Backbone:
             x = pool_text(m, x, eot)
         return x.float()
 
+    def shares_prefixes(self) -> bool:
+        """Whether :meth:`encode_prompts_shared` can run on this text tower: open_clip's standard pre-norm blocks
+        (``ResidualAttentionBlock`` with ``nn.MultiheadAttention``, batch-first), no gradient checkpointing."""
+        from open_clip.transformer import ResidualAttentionBlock
+
+        t = getattr(self.model, "transformer", None)
+        return (t is not None and getattr(t, "batch_first", False) and not getattr(t, "grad_checkpointing", False)
+                and all(type(b) is ResidualAttentionBlock and isinstance(b.attn, torch.nn.MultiheadAttention)
+                        and b.attn._qkv_same_embed_dim and not hasattr(b, "ln_1_kv") for b in t.resblocks))
+
+    def encode_prompts_shared(self, prefix: torch.Tensor, rest: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """encode_prompts of ``cat(prefix[g], rest[g*n + i])`` for every group g and row i, running each group's
+        shared prefix once instead of once per row.
+
+        prefix (G, P, D): positions 0..P-1 (start token + a unified context), the same for the n rows of a group;
+        rest (G*n, L-P, D): the rest of each row, group-major; tokens (G*n, L) locates the end-of-text tokens
+        (all after the prefix). Under the causal mask a prefix position never sees what follows it, so its
+        activations are the same for every row: exact (as encode_prompts, up to float rounding order). A CoOp
+        prompt "[SOT] X*16 name." over 24 classes runs 17 + 24*4 positions instead of 24*21.
+        """
+        self._check_prompt_support()
+        m = self.model
+        G, P, D = prefix.shape
+        if rest.shape[0] % G or rest.shape[0] != tokens.shape[0] or P + rest.shape[1] != tokens.shape[1]:
+            raise ValueError(f"prefix {tuple(prefix.shape)}, rest {tuple(rest.shape)} and tokens "
+                             f"{tuple(tokens.shape)} do not fit together")
+        n = rest.shape[0] // G
+        tokens, prefix, rest = tokens.to(self.device), prefix.to(self.device), rest.to(self.device)
+        eot = tokens.argmax(dim=-1)
+        if int(eot.min()) < P:
+            raise ValueError("an end-of-text token lies inside the shared prefix")
+        n_pos = int(eot.max()) + 1
+        rest = rest[:, : n_pos - P]
+        S = n_pos - P
+        cast_dtype = m.transformer.get_cast_dtype()
+        mask = m.attn_mask[:n_pos, :n_pos]
+        with self._autocast():
+            pos = m.positional_embedding
+            xp = prefix.to(cast_dtype) + pos[:P].to(cast_dtype)
+            xs = rest.to(cast_dtype) + pos[P:n_pos].to(cast_dtype)
+            for blk in m.transformer.resblocks:
+                a = blk.attn
+                H = a.num_heads
+                hd = D // H
+                qkv_p = F.linear(blk.ln_1(xp), a.in_proj_weight, a.in_proj_bias).view(G, P, 3, H, hd).permute(2, 0, 3, 1, 4)
+                qkv_s = F.linear(blk.ln_1(xs), a.in_proj_weight, a.in_proj_bias).view(G * n, S, 3, H, hd).permute(2, 0, 3, 1, 4)
+                # the prefix attends to itself (causal); each row's positions to its group's prefix and to itself
+                out_p = F.scaled_dot_product_attention(qkv_p[0], qkv_p[1], qkv_p[2], attn_mask=mask[:P, :P].to(xp.dtype))
+                kp = qkv_p[1].unsqueeze(1).expand(G, n, H, P, hd).reshape(G * n, H, P, hd)
+                vp = qkv_p[2].unsqueeze(1).expand(G, n, H, P, hd).reshape(G * n, H, P, hd)
+                out_s = F.scaled_dot_product_attention(qkv_s[0], torch.cat([kp, qkv_s[1]], 2),
+                                                       torch.cat([vp, qkv_s[2]], 2),
+                                                       attn_mask=mask[P:, :n_pos].to(xs.dtype))
+                xp = xp + blk.ls_1(a.out_proj(out_p.transpose(1, 2).reshape(G, P, D)))
+                xs = xs + blk.ls_1(a.out_proj(out_s.transpose(1, 2).reshape(G * n, S, D)))
+                xp = xp + blk.ls_2(blk.mlp(blk.ln_2(xp)))
+                xs = xs + blk.ls_2(blk.mlp(blk.ln_2(xs)))
+            x = pool_text(m, xs, eot - P)
+        return x.float()
+
     def encode_text(self, texts: list[str], normalize: bool = True, batch_size: int = 256) -> torch.Tensor:
         """(n, embed_dim) float32 text features on self.device, no grad, in batches."""
         texts = list(texts)

@@ -8,6 +8,7 @@ CLI call, printed before it runs, so the demo doubles as a tour of the commands.
 from __future__ import annotations
 
 import os
+import json
 import shlex
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import tempfile
 import time
 from typing import IO
 
-FEWSHOT_METHODS = "zeroshot,linear_probe,coop,kgcoop"
+FEWSHOT_METHODS = "zeroshot,linear_probe,coop"  # KgCoOp: in base-to-new, its paper's protocol
 SHIFT_METHODS = "zeroshot,coop"
 BASE2NEW_METHODS = "zeroshot,coop,kgcoop"
 
@@ -36,15 +37,26 @@ def steps(shots: str, seeds: str, views: int, extra: list[str]) -> list[list[str
     ]
 
 
-def _helper(argv: list[str]) -> tuple[subprocess.Popen, IO[bytes]]:
-    """A second `bench run` of the same grid, in the background: the store's run claims make the two processes
-    share the runs (each run executed once), as two SLURM tasks or two terminals would. One thread each, like the
-    demo's own process, so every number is the same whichever process computed it."""
+def _helper(run_steps: list[list[str]]) -> tuple[subprocess.Popen, IO[bytes]]:
+    """A second process that runs the demo's grids in the opposite order, in the background: the store's run
+    claims make the two share every run (each executed once), as two SLURM tasks or two terminals would, and
+    the opposite order keeps them on different grids until the end. One thread each, like the demo's own
+    process, so every number is the same whichever process computed it."""
     out = tempfile.TemporaryFile()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "bench.cli", *argv, "-q"], stdout=out, stderr=subprocess.STDOUT,
-                            env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "bench.demo", json.dumps([[*a, "-q"] for a in run_steps[::-1]])],
+                            stdout=out, stderr=subprocess.STDOUT, env=env)
     return proc, out
+
+
+def _helper_main(argvs: list[list[str]]) -> int:
+    from bench.cli import main
+
+    for argv in argvs:
+        code = main(argv)
+        if code not in (0, None):
+            return code
+    return 0
 
 
 def cmd_demo(args) -> int:
@@ -65,35 +77,43 @@ def cmd_demo(args) -> int:
 
         ensure_checkpoint()
         ensure_data()
-    for argv in steps(args.shots, args.seeds, args.views, extra):
-        helper = None
-        if share and argv[0] == "run":
-            print(f"\n$ bench {shlex.join(argv)} -q &   # a second process on the other core, sharing the runs",
-                  flush=True)
-            helper = _helper(argv)
-        print(f"\n$ bench {shlex.join(argv)}", flush=True)
-        try:
+    all_steps = steps(args.shots, args.seeds, args.views, extra)
+    helper = None
+    if share:
+        run_steps = [a for a in all_steps if a[0] == "run"]
+        print(f"\n(a second process runs the same {len(run_steps)} grids in the opposite order on the other core; "
+              f"the two share the runs through the results store)", flush=True)
+        helper = _helper(run_steps)
+    try:
+        for argv in all_steps:
+            if helper is not None and argv[0] != "run":  # tables and figures once both processes are done
+                code = _join(helper)
+                helper = None
+                if code:
+                    return code
+            print(f"\n$ bench {shlex.join(argv)}", flush=True)
             code = main(argv)
-        except BaseException:  # Ctrl-C, SIGTERM: the second process stops too (its claims are released)
-            if helper is not None:
-                helper[0].terminate()
-            raise
-        if helper is not None:
-            proc, out = helper
             if code not in (0, None):
-                proc.terminate()
-            helper_code = proc.wait()
-            if code in (0, None) and helper_code != 0:
-                out.seek(0)
-                print(out.read().decode(errors="replace")[-3000:])
-                print(f"demo step failed in the second process (exit {helper_code}): bench {shlex.join(argv)}")
-                return helper_code
-            out.close()
-        if code not in (0, None):
-            print(f"demo step failed (exit {code}): bench {shlex.join(argv)}")
-            return code
+                print(f"demo step failed (exit {code}): bench {shlex.join(argv)}")
+                return code
+    finally:  # a failed step, Ctrl-C or SIGTERM: the second process stops too (its claims are released)
+        if helper is not None:
+            helper[0].terminate()
+            helper[0].wait()
     print(f"\ndemo finished in {time.time() - t0:.0f} s")
     return 0
+
+
+def _join(helper: tuple[subprocess.Popen, IO[bytes]]) -> int:
+    """Wait for the second process; its output and a one-line error if it failed."""
+    proc, out = helper
+    code = proc.wait()
+    if code != 0:
+        out.seek(0)
+        print(out.read().decode(errors="replace")[-3000:])
+        print(f"demo failed in the second process (exit {code})")
+    out.close()
+    return code
 
 
 def add_command(sub) -> None:
@@ -109,3 +129,7 @@ def add_command(sub) -> None:
                    help="run every grid in this process only (default on a CPU with 2+ cores: a second `bench run` "
                         "of each grid shares its runs)")
     p.set_defaults(func=cmd_demo)
+
+
+if __name__ == "__main__":  # the second process of cmd_demo: python -m bench.demo '<JSON list of bench argvs>'
+    sys.exit(_helper_main(json.loads(sys.argv[1])))

@@ -176,6 +176,33 @@ def test_cut_text_encoder_matches_uncut(bb):
     assert torch.allclose(cut.ctx.grad, uncut.ctx.grad, atol=1e-5)
 
 
+def test_shared_prefix_matches_the_full_prompts(bb, monkeypatch):
+    """Unified context before the name: the start token + context run once per call (CoCoOp: once per image),
+    with the same features and gradients as every class's full prompt."""
+    calls = []
+    real = bb.encode_prompts_shared
+    monkeypatch.setattr(bb, "encode_prompts_shared", lambda *a: calls.append(a[0].shape) or real(*a))
+    for init in ("", "a photo of a"):
+        shared = PromptLearner(bb, NAMES, n_ctx=6, ctx_init=init, seed=2)
+        full = PromptLearner(bb, NAMES, n_ctx=6, ctx_init=init, seed=2)
+        full._shares = False
+        fs, ff = shared.text_features(NAMES), full.text_features(NAMES)
+        assert calls[-1] == (1, 1 + shared.n_ctx, bb.ctx_dim)  # one prefix for all classes
+        assert (fs - ff).abs().max() <= 1e-5
+        (fs.pow(2).sum()).backward()
+        (ff.pow(2).sum()).backward()
+        assert (shared.ctx.grad - full.ctx.grad).abs().max() <= 1e-5 * full.ctx.grad.abs().max()
+        shift = torch.randn(3, bb.ctx_dim) * 0.1
+        a, b = shared.conditional_text_features(NAMES, shift), full.conditional_text_features(NAMES, shift)
+        assert calls[-1][0] == 3 and a.shape == b.shape == (3, len(NAMES), bb.embed_dim)
+        assert (a - b).abs().max() <= 1e-5
+    n = len(calls)
+    csc = PromptLearner(bb, NAMES, n_ctx=6, csc=True, seed=2)
+    middle = PromptLearner(bb, NAMES, n_ctx=6, position="middle", seed=2)
+    csc.text_features(NAMES), middle.text_features(NAMES)
+    assert len(calls) == n  # no shared prefix there: the full prompts
+
+
 # ------------------------------------------------------------------------------------------ losses
 
 def test_kgcoop_loss_equals_independent_formula(bb):

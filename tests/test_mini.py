@@ -400,15 +400,14 @@ def test_base2new_coop_learns_the_base_classes(mini_grid):
         assert _avg_bnh(coop)[0] > _avg_bnh(zs)[0] + 5, (seed, coop, zs)  # measured: +16.7 on seed 1 (72.6 -> 89.4)
 
 
-@pytest.mark.xfail(strict=True, reason="not shown by the miniature world: CoOp's context also helps MiniFabrics' new classes "
-                   "(the same patterns in other colours; seed 1: new 85.2 -> 92.9), so CoOp's new-class average "
-                   "is not below zero-shot's and KgCoOp's H stays below CoOp's")
 def test_base2new_coop_loses_new_classes_and_kgcoop_keeps_the_balance(mini_grid):
+    """CoOp's context, tuned on the base half, falls below the hand-crafted prompt on the new half; KgCoOp, kept near
+    the hand-crafted text features, ends with the better harmonic mean (CoCoOp, KgCoOp papers)."""
     zs = _avg_bnh(_base2new(mini_grid, "zeroshot", None))
     for seed in SEEDS:
         coop, kg = _avg_bnh(_base2new(mini_grid, "coop", seed)), _avg_bnh(_base2new(mini_grid, "kgcoop", seed))
-        assert coop[1] < zs[1], (seed, coop, zs)
-        assert kg[2] > coop[2], (seed, kg, coop)
+        assert coop[1] < zs[1] - 3, (seed, coop, zs)
+        assert kg[1] > coop[1] + 3 and kg[2] > coop[2], (seed, kg, coop)
 
 
 IMAGE_SIDE = ("vpt_deep", "ivlp", "maple", "promptsrc")
