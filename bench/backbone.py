@@ -635,7 +635,7 @@ class Backbone:
         rest = rest[:, : n_pos - P]
         S = n_pos - P
         cast_dtype = m.transformer.get_cast_dtype()
-        mask = m.attn_mask[:n_pos, :n_pos]
+        allowed = m.attn_mask[:n_pos, :n_pos].to(self.device) == 0  # causal, as a boolean mask (any dtype, autocast)
         with self._autocast():
             pos = m.positional_embedding
             xp = prefix.to(cast_dtype) + pos[:P].to(cast_dtype)
@@ -647,12 +647,12 @@ class Backbone:
                 qkv_p = F.linear(blk.ln_1(xp), a.in_proj_weight, a.in_proj_bias).view(G, P, 3, H, hd).permute(2, 0, 3, 1, 4)
                 qkv_s = F.linear(blk.ln_1(xs), a.in_proj_weight, a.in_proj_bias).view(G * n, S, 3, H, hd).permute(2, 0, 3, 1, 4)
                 # the prefix attends to itself (causal); each row's positions to its group's prefix and to itself
-                out_p = F.scaled_dot_product_attention(qkv_p[0], qkv_p[1], qkv_p[2], attn_mask=mask[:P, :P].to(xp.dtype))
+                out_p = F.scaled_dot_product_attention(qkv_p[0], qkv_p[1], qkv_p[2], attn_mask=allowed[:P, :P])
                 kp = qkv_p[1].unsqueeze(1).expand(G, n, H, P, hd).reshape(G * n, H, P, hd)
                 vp = qkv_p[2].unsqueeze(1).expand(G, n, H, P, hd).reshape(G * n, H, P, hd)
                 out_s = F.scaled_dot_product_attention(qkv_s[0], torch.cat([kp, qkv_s[1]], 2),
                                                        torch.cat([vp, qkv_s[2]], 2),
-                                                       attn_mask=mask[P:, :n_pos].to(xs.dtype))
+                                                       attn_mask=allowed[P:, :n_pos])
                 xp = xp + blk.ls_1(a.out_proj(out_p.transpose(1, 2).reshape(G, P, D)))
                 xs = xs + blk.ls_1(a.out_proj(out_s.transpose(1, 2).reshape(G * n, S, D)))
                 xp = xp + blk.ls_2(blk.mlp(blk.ln_2(xp)))

@@ -117,9 +117,9 @@ def _join(helper: tuple[subprocess.Popen, IO[bytes]]) -> int:
 
 
 def add_command(sub) -> None:
-    p = sub.add_parser("demo", help="the built-in default: the miniature world end to end (~15 min on 2 CPU cores, "
-                                    "9 of them pretraining once)")
-    # Sized for CI on two CPU cores (pretraining is ~9 of its minutes there); `--shots 1,4,16 --seeds 1,2,3`
+    p = sub.add_parser("demo", help="the built-in default: the miniature world end to end (~8 min on 2 CPU cores, "
+                                    "5 of them pretraining once)")
+    # Sized for CI on two CPU cores (pretraining is ~5 of its ~8 minutes there); `--shots 1,4,16 --seeds 1,2,3`
     # or `bench run --preset mini ...` for more.
     p.add_argument("--shots", default="1,16")
     p.add_argument("--seeds", default="1")

@@ -203,6 +203,24 @@ def test_shared_prefix_matches_the_full_prompts(bb, monkeypatch):
     assert len(calls) == n  # no shared prefix there: the full prompts
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_shared_prefix_matches_the_full_prompts_in_low_precision(precision):
+    """The GPU defaults (autocast, or fp16 weights) on CPU: the shared-prefix path agrees with the full prompts."""
+    from bench.backbone import create_backbone
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        low = create_backbone("tiny-test", None, precision=precision)
+    shared = PromptLearner(low, NAMES, n_ctx=6, seed=2)
+    full = PromptLearner(low, NAMES, n_ctx=6, seed=2)
+    full._shares = False
+    assert shared._shared_prefix()
+    with torch.no_grad():
+        fs, ff = shared.text_features(NAMES), full.text_features(NAMES)
+    assert fs.dtype == ff.dtype == torch.float32 and torch.isfinite(fs).all()
+    assert (fs - ff).abs().max() <= 0.03 * ff.abs().max()
+
+
 # ------------------------------------------------------------------------------------------ losses
 
 def test_kgcoop_loss_equals_independent_formula(bb):

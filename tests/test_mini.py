@@ -1,6 +1,6 @@
 """The miniature world (bench/mini): renderer, cached pretraining, datasets on disk, zero-shot sanity.
 
-Uses the default checkpoint (the one ``bench demo`` uses: ~3 min on 2 cores to pretrain, reused from the
+Uses the default checkpoint (the one ``bench demo`` uses: ~5 min on 2 cores to pretrain, reused from the
 repository's cache when ``bench demo`` already made it) and writes the datasets into a temporary folder.
 The last tests check the papers' findings through the CLI on each of the demo's seeds: few-shot (CoOp above
 zero-shot on average and rising with shots, gaining most on the specialised dataset; the linear probe), base-to-new
@@ -99,7 +99,7 @@ def test_captions_fit_the_context_and_name_the_attributes():
 def _copy_from_repo_cache(path) -> None:
     """The checkpoint is keyed by every pretraining setting: if ``bench demo`` already trained this exact one
     into the repository's default cache (as .ci/run does before the tests), reuse it instead of spending
-    another ~3 minutes. Otherwise the fixture pretrains it, as a user's first run does."""
+    another ~5 minutes. Otherwise the fixture pretrains it, as a user's first run does."""
     from bench.fileio import atomic_open
     from bench.paths import repo_root
 
@@ -397,7 +397,7 @@ def test_base2new_coop_learns_the_base_classes(mini_grid):
     for seed in SEEDS:
         coop = _base2new(mini_grid, "coop", seed)
         assert set(coop) == set(zs)
-        assert _avg_bnh(coop)[0] > _avg_bnh(zs)[0] + 5, (seed, coop, zs)  # measured: +16.7 on seed 1 (72.6 -> 89.4)
+        assert _avg_bnh(coop)[0] > _avg_bnh(zs)[0] + 5, (seed, coop, zs)  # measured: +13.3 on seed 1 (65.5 -> 78.8)
 
 
 def test_base2new_coop_loses_new_classes_and_kgcoop_keeps_the_balance(mini_grid):
@@ -416,7 +416,7 @@ IMAGE_SIDE = ("vpt_deep", "ivlp", "maple", "promptsrc")
 def test_base2new_image_side_methods_learn_the_base_textures_and_lose_the_new_ones(mini_ckpt, data_root, tmp_path):
     """The methods that prompt the image encoder, trained through it on images (the streaming path, reference
     configs), on MiniTextures: each one's base accuracy above zero-shot's and its new-class accuracy below, on every
-    seed (measured on seeds 1-3: base 68.1-85.0 vs 64.4, new 40.0-69.4 vs 71.3), as in the papers' base-to-new
+    seed (measured on seeds 1-3: base 48.8-61.3 vs 48.1, new 26.9-51.2 vs 60.0), as in the papers' base-to-new
     tables where prompts tuned on base classes lose ground on unseen ones."""
     from bench.cli import main
     from bench.registry import get_method
