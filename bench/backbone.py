@@ -640,24 +640,28 @@ class Backbone:
             pos = m.positional_embedding
             xp = prefix.to(cast_dtype) + pos[:P].to(cast_dtype)
             xs = rest.to(cast_dtype) + pos[P:n_pos].to(cast_dtype)
+            # every position of every sequence as one row: the per-token layers (LayerNorms, projections, MLP) run
+            # as one matrix product over all rows, as in encode_prompts (a separate product over the few prefix
+            # rows would depend on the thread count in some BLAS builds, breaking reproducibility across machines)
+            nP = G * P
+            x = torch.cat([xp.reshape(nP, D), xs.reshape(G * n * S, D)])
             for blk in m.transformer.resblocks:
                 a = blk.attn
                 H = a.num_heads
                 hd = D // H
-                qkv_p = F.linear(blk.ln_1(xp), a.in_proj_weight, a.in_proj_bias).view(G, P, 3, H, hd).permute(2, 0, 3, 1, 4)
-                qkv_s = F.linear(blk.ln_1(xs), a.in_proj_weight, a.in_proj_bias).view(G * n, S, 3, H, hd).permute(2, 0, 3, 1, 4)
+                qkv = F.linear(blk.ln_1(x), a.in_proj_weight, a.in_proj_bias)
+                qkv_p = qkv[:nP].view(G, P, 3, H, hd).permute(2, 0, 3, 1, 4)
+                qkv_s = qkv[nP:].view(G * n, S, 3, H, hd).permute(2, 0, 3, 1, 4)
                 # the prefix attends to itself (causal); each row's positions to its group's prefix and to itself
                 out_p = F.scaled_dot_product_attention(qkv_p[0], qkv_p[1], qkv_p[2], attn_mask=allowed[:P, :P])
                 kp = qkv_p[1].unsqueeze(1).expand(G, n, H, P, hd).reshape(G * n, H, P, hd)
                 vp = qkv_p[2].unsqueeze(1).expand(G, n, H, P, hd).reshape(G * n, H, P, hd)
                 out_s = F.scaled_dot_product_attention(qkv_s[0], torch.cat([kp, qkv_s[1]], 2),
-                                                       torch.cat([vp, qkv_s[2]], 2),
-                                                       attn_mask=allowed[P:, :n_pos])
-                xp = xp + blk.ls_1(a.out_proj(out_p.transpose(1, 2).reshape(G, P, D)))
-                xs = xs + blk.ls_1(a.out_proj(out_s.transpose(1, 2).reshape(G * n, S, D)))
-                xp = xp + blk.ls_2(blk.mlp(blk.ln_2(xp)))
-                xs = xs + blk.ls_2(blk.mlp(blk.ln_2(xs)))
-            x = pool_text(m, xs, eot - P)
+                                                       torch.cat([vp, qkv_s[2]], 2), attn_mask=allowed[P:, :n_pos])
+                out = torch.cat([out_p.transpose(1, 2).reshape(nP, D), out_s.transpose(1, 2).reshape(G * n * S, D)])
+                x = x + blk.ls_1(a.out_proj(out))
+                x = x + blk.ls_2(blk.mlp(blk.ln_2(x)))
+            x = pool_text(m, x[nP:].view(G * n, S, D), eot - P)
         return x.float()
 
     def encode_text(self, texts: list[str], normalize: bool = True, batch_size: int = 256) -> torch.Tensor:

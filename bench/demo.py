@@ -7,8 +7,8 @@ CLI call, printed before it runs, so the demo doubles as a tour of the commands.
 
 from __future__ import annotations
 
-import os
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -126,8 +126,8 @@ def add_command(sub) -> None:
     p.add_argument("--views", type=int, default=16, help="cached augmented views per training image")
     p.add_argument("--results", help="results store folder (default results/runs)")
     p.add_argument("--one-process", action="store_true",
-                   help="run every grid in this process only (default on a CPU with 2+ cores: a second `bench run` "
-                        "of each grid shares its runs)")
+                   help="run every grid in this process only (default on a CPU with 2+ cores: a second process "
+                        "runs the same grids in the opposite order, sharing the runs)")
     p.set_defaults(func=cmd_demo)
 
 

@@ -30,6 +30,9 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+THREADS = torch.get_num_threads()
+
+
 @pytest.fixture(scope="module")
 def bb():
     from bench.backbone import create_backbone
@@ -201,6 +204,25 @@ def test_shared_prefix_matches_the_full_prompts(bb, monkeypatch):
     middle = PromptLearner(bb, NAMES, n_ctx=6, position="middle", seed=2)
     csc.text_features(NAMES), middle.text_features(NAMES)
     assert len(calls) == n  # no shared prefix there: the full prompts
+
+
+def test_shared_prefix_does_not_depend_on_the_thread_count(bb):
+    """A run resumed in a 1-CPU SLURM task reproduces the 2-thread local run bit for bit (tests/test_slurm.py): the
+    shared prefix must not add a thread-dependent product. Its first version multiplied the few prefix rows alone,
+    which this machine's BLAS sums in a thread-dependent order (5-11 rows)."""
+    names = [f"{w} {i}" for i, w in enumerate(["dog", "cat", "golden retriever", "x-ray machine", "car"] * 6)]
+    got = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            learner = PromptLearner(bb, names, n_ctx=4, ctx_init="a photo of a", seed=1)
+            assert learner._shared_prefix()
+            f = learner.text_features(names)
+            f.pow(2).sum().backward()
+            got.append((f.detach(), learner.ctx.grad))
+    finally:
+        torch.set_num_threads(THREADS)
+    assert torch.equal(got[0][0], got[1][0]) and torch.equal(got[0][1], got[1][1])
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
