@@ -230,7 +230,6 @@ class PromptLearner(nn.Module):
         self.n_ctx = n_ctx
         self.ctx = nn.Parameter(init.float().to(backbone.device))
         self._sets: dict[tuple[str, ...], PromptSet] = {}
-        self._shares: bool | None = None
 
     def info(self) -> dict:
         return {"n_ctx": self.n_ctx, "ctx_init": self.ctx_init or None, "class_token_position": self.position,
@@ -256,22 +255,7 @@ class PromptLearner(nn.Module):
         """(n, embed_dim) text features (not normalised) of the learned prompts, one encoder call."""
         ps = self.prompts(classnames)
         ctx = self.class_context(classnames) if ctx is None else ctx
-        if ctx.dim() == 2 and self._shared_prefix():
-            return self.backbone.encode_prompts_shared(self._prefix(ps, ctx.unsqueeze(0)), ps.embeds[:, 1 + self.n_ctx:],
-                                                       ps.tokens)
         return self.backbone.encode_prompts(splice(ps, ctx), ps.tokens, cut=self.cut)
-
-    def _shared_prefix(self) -> bool:
-        """Unified context before the name: every class's prompt starts with the same start token + context, which
-        the text encoder then runs once per call (exact under its causal mask; see Backbone.encode_prompts_shared)."""
-        if self._shares is None:
-            self._shares = self.position == "end" and not self.csc and self.cut and self.backbone.shares_prefixes()
-        return self._shares
-
-    def _prefix(self, ps: PromptSet, ctx: torch.Tensor) -> torch.Tensor:
-        """(G, 1 + n_ctx, D): the start token's embedding, then the context (G groups of it)."""
-        sot = ps.embeds[:1, :1].expand(ctx.shape[0], 1, -1)
-        return torch.cat([sot, ctx.to(sot.dtype)], dim=1)
 
     def conditional_text_features(self, classnames: list[str], shift: torch.Tensor) -> torch.Tensor:
         """CoCoOp: context ``ctx + shift[g]`` per group (image) -> (G, n, embed_dim), one encoder call."""
@@ -279,12 +263,7 @@ class PromptLearner(nn.Module):
         ctx = self.class_context(classnames)
         ctx = ctx.unsqueeze(0) if ctx.dim() == 3 else ctx.unsqueeze(0).unsqueeze(0)  # (1, 1|n, n_ctx, D)
         ctx = ctx + shift[:, None, None, :].to(ctx.dtype)
-        tokens = ps.tokens.repeat(shift.shape[0], 1)
-        if ctx.shape[1] == 1 and self._shared_prefix():  # one context per image, shared by its classes' prompts
-            rest = ps.embeds[:, 1 + self.n_ctx:].repeat(shift.shape[0], 1, 1)
-            feats = self.backbone.encode_prompts_shared(self._prefix(ps, ctx[:, 0]), rest, tokens)
-        else:
-            feats = self.backbone.encode_prompts(splice(ps, ctx), tokens, cut=self.cut)
+        feats = self.backbone.encode_prompts(splice(ps, ctx), ps.tokens.repeat(shift.shape[0], 1), cut=self.cut)
         return feats.reshape(shift.shape[0], len(classnames), -1)
 
 

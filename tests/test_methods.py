@@ -30,9 +30,6 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-THREADS = torch.get_num_threads()
-
-
 @pytest.fixture(scope="module")
 def bb():
     from bench.backbone import create_backbone
@@ -177,70 +174,6 @@ def test_cut_text_encoder_matches_uncut(bb):
     cut.text_features(NAMES).sum().backward()
     uncut.text_features(NAMES).sum().backward()
     assert torch.allclose(cut.ctx.grad, uncut.ctx.grad, atol=1e-5)
-
-
-def test_shared_prefix_matches_the_full_prompts(bb, monkeypatch):
-    """Unified context before the name: the start token + context run once per call (CoCoOp: once per image),
-    with the same features and gradients as every class's full prompt."""
-    calls = []
-    real = bb.encode_prompts_shared
-    monkeypatch.setattr(bb, "encode_prompts_shared", lambda *a: calls.append(a[0].shape) or real(*a))
-    for init in ("", "a photo of a"):
-        shared = PromptLearner(bb, NAMES, n_ctx=6, ctx_init=init, seed=2)
-        full = PromptLearner(bb, NAMES, n_ctx=6, ctx_init=init, seed=2)
-        full._shares = False
-        fs, ff = shared.text_features(NAMES), full.text_features(NAMES)
-        assert calls[-1] == (1, 1 + shared.n_ctx, bb.ctx_dim)  # one prefix for all classes
-        assert (fs - ff).abs().max() <= 1e-5
-        (fs.pow(2).sum()).backward()
-        (ff.pow(2).sum()).backward()
-        assert (shared.ctx.grad - full.ctx.grad).abs().max() <= 1e-5 * full.ctx.grad.abs().max()
-        shift = torch.randn(3, bb.ctx_dim) * 0.1
-        a, b = shared.conditional_text_features(NAMES, shift), full.conditional_text_features(NAMES, shift)
-        assert calls[-1][0] == 3 and a.shape == b.shape == (3, len(NAMES), bb.embed_dim)
-        assert (a - b).abs().max() <= 1e-5
-    n = len(calls)
-    csc = PromptLearner(bb, NAMES, n_ctx=6, csc=True, seed=2)
-    middle = PromptLearner(bb, NAMES, n_ctx=6, position="middle", seed=2)
-    csc.text_features(NAMES), middle.text_features(NAMES)
-    assert len(calls) == n  # no shared prefix there: the full prompts
-
-
-def test_shared_prefix_does_not_depend_on_the_thread_count(bb):
-    """A run resumed in a 1-CPU SLURM task reproduces the 2-thread local run bit for bit (tests/test_slurm.py): the
-    shared prefix must not add a thread-dependent product. Its first version multiplied the few prefix rows alone,
-    which this machine's BLAS sums in a thread-dependent order (5-11 rows)."""
-    names = [f"{w} {i}" for i, w in enumerate(["dog", "cat", "golden retriever", "x-ray machine", "car"] * 6)]
-    got = []
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            learner = PromptLearner(bb, names, n_ctx=4, ctx_init="a photo of a", seed=1)
-            assert learner._shared_prefix()
-            f = learner.text_features(names)
-            f.pow(2).sum().backward()
-            got.append((f.detach(), learner.ctx.grad))
-    finally:
-        torch.set_num_threads(THREADS)
-    assert torch.equal(got[0][0], got[1][0]) and torch.equal(got[0][1], got[1][1])
-
-
-@pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_shared_prefix_matches_the_full_prompts_in_low_precision(precision):
-    """The GPU defaults (autocast, or fp16 weights) on CPU: the shared-prefix path agrees with the full prompts."""
-    from bench.backbone import create_backbone
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        low = create_backbone("tiny-test", None, precision=precision)
-    shared = PromptLearner(low, NAMES, n_ctx=6, seed=2)
-    full = PromptLearner(low, NAMES, n_ctx=6, seed=2)
-    full._shares = False
-    assert shared._shared_prefix()
-    with torch.no_grad():
-        fs, ff = shared.text_features(NAMES), full.text_features(NAMES)
-    assert fs.dtype == ff.dtype == torch.float32 and torch.isfinite(fs).all()
-    assert (fs - ff).abs().max() <= 0.03 * ff.abs().max()
 
 
 # ------------------------------------------------------------------------------------------ losses
