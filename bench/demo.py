@@ -71,7 +71,7 @@ def cmd_demo(args) -> int:
     share = on_cpu and usable_cpus() >= 2 and not args.one_process
     extra = ["--results", args.results] if args.results else []
     t0 = time.time()
-    if share:  # the checkpoint and data first (once, with every core), then two processes share each grid
+    if share:  # the checkpoint and data first (once, with every core), then two processes share the grids
         from bench.mini.build import ensure_data
         from bench.mini.pretrain import ensure_checkpoint
 
@@ -100,6 +100,7 @@ def cmd_demo(args) -> int:
         if helper is not None:
             helper[0].terminate()
             helper[0].wait()
+            helper[1].close()
     print(f"\ndemo finished in {time.time() - t0:.0f} s")
     return 0
 
