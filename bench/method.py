@@ -75,7 +75,7 @@ class Context:
     evaluated dataset (None while training); :meth:`template_for` looks up any dataset's template.
     """
 
-    backbone: Any                                 # bench.backbone.Backbone (frozen, eval mode)
+    backbone: Any                                 # bench.model.backbone.Backbone (frozen, eval mode)
     classnames: list[str]                         # training label space, index = label
     template: str                                 # CoOp hand-crafted template of the dataset at hand (see above)
     dataset: str
@@ -266,7 +266,7 @@ class Method:
             if attr not in cls.__dict__:
                 setattr(cls, attr, defaults[attr])
     # "features": fit() gets a TrainData of cached features and logits() test features (the default);
-    # "images": fit() gets a bench.imagestream.ImageTrainData (augmented image batches through DataLoader
+    # "images": fit() gets a bench.engine.imagestream.ImageTrainData (augmented image batches through DataLoader
     # workers) and logits() batches of test images under the test transform (methods that prompt the encoder).
     trains_on: ClassVar[str] = "features"
 

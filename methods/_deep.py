@@ -1,6 +1,6 @@
 """Shared parts of the methods that prompt the encoders (``vpt_deep``, ``ivlp``, ``maple``, ``promptsrc``).
 
-:class:`DeepPrompts` holds the learnable tokens of both towers and encodes through :mod:`bench.prompted`:
+:class:`DeepPrompts` holds the learnable tokens of both towers and encodes through :mod:`bench.model.prompted`:
 
 * text (``n_ctx_text`` > 0): the prompt of class c is ``"<ctx_init> <name>."`` when ``ctx_init`` has at least
   ``n_ctx_text`` tokens (its first ``n_ctx_text`` token embeddings initialise the context, the rest of the words
@@ -12,7 +12,7 @@
   width) of the text tokens of layer i, one Linear per layer; only text tokens and the Linears are parameters.
 
 :class:`DeepPromptMethod` is the base of the four methods: ``trains_on = "images"``, CE training with
-:func:`bench.imagestream.fit_image_epochs`, text features cached per class list at evaluation.
+:func:`bench.engine.imagestream.fit_image_epochs`, text features cached per class list at evaluation.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench import prompted
+from bench.model import prompted
 from bench.errors import BenchError
-from bench.imagestream import fit_image_epochs
+from bench.engine.imagestream import fit_image_epochs
 from bench.method import Method, Param, cosine_logits, prompt_name
 from methods._prompts import OPTIM_SPEC, optim_defaults, optim_kwargs
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from bench.method import Method, cosine_logits
 from bench.registry import register_method
-from bench.train import fit_epochs
+from bench.engine.loop import fit_epochs
 from methods._prompts import OPTIM_SPEC, PROMPT_SPEC, coop_defaults, learner_from_hparams, optim_kwargs
 
 

@@ -112,7 +112,7 @@ class PromptSRC(DeepPromptMethod):
         return F.cross_entropy(logits, batch.labels) + kl + l1_text + l1_image
 
     def fit(self, train):
-        from bench.imagestream import fit_image_epochs
+        from bench.engine.imagestream import fit_image_epochs
         from methods._prompts import optim_kwargs
 
         self._text_cache.clear()

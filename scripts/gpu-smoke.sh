@@ -41,7 +41,7 @@ step "environment" 45 "$PY" - <<'PYEOF' || { printf '%s\n' "${summary[@]}" | tee
 import sys
 import torch
 import bench
-from bench.backbone import bf16_supported
+from bench.model.backbone import bf16_supported
 print(f"python {sys.version.split()[0]}, torch {torch.__version__} (CUDA {torch.version.cuda}), bench from {bench.__file__}")
 import os
 if not torch.cuda.is_available() and os.environ.get("BENCH_GPU_SUITE_DEVICE", "cuda").startswith("cuda"):

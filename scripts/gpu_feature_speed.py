@@ -38,10 +38,10 @@ def main(argv=None) -> int:
     p.add_argument("--out", help="write the figures as JSON here")
     args = p.parse_args(argv)
 
-    from bench.backbone import create_backbone
+    from bench.model.backbone import create_backbone
     from bench.data import load_splits
     from bench.features import FeatureCache
-    from bench.synth import make_dataset_tree
+    from bench.data.synth import make_dataset_tree
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-speed-"))
     n_classes = 10

@@ -25,7 +25,7 @@ def tiny_ckpt(tmp_path_factory):
     """A saved tiny-test checkpoint with fixed weights: the same model in every process (CLI, SLURM jobs)."""
     import open_clip
 
-    import bench.backbone  # noqa: F401 - registers tiny-test
+    import bench.model.backbone  # noqa: F401 - registers tiny-test
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"

@@ -1,4 +1,4 @@
-"""bench.backbone on the tiny project architectures: CPU, random or locally saved weights, no network."""
+"""bench.model.backbone on the tiny project architectures: CPU, random or locally saved weights, no network."""
 
 import hashlib
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bench.backbone import Backbone, create_backbone, read_checkpoint, resolve_arch
+from bench.model.backbone import Backbone, create_backbone, read_checkpoint, resolve_arch
 from bench.errors import BenchError
 
 TEXTS = ["a photo of a dog.", "x", "a photo of a very small red triangle on a dark noisy background."]

@@ -11,7 +11,7 @@ import torch
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image
 
-from bench.backbone import create_backbone, eval_transform, eval_transform_from_cfg
+from bench.model.backbone import create_backbone, eval_transform, eval_transform_from_cfg
 from bench.cli import main
 from bench.errors import BenchError
 
@@ -57,7 +57,7 @@ def test_backbone_uses_its_pretrained_tags_preprocessing():
     """A tag whose config says bilinear/squash gets that transform (the model is built without downloading)."""
     model = open_clip.create_model("tiny-test")
     open_clip.model.set_model_preprocess_cfg(model, _cfg("tiny-test", interpolation="bilinear", resize_mode="squash"))
-    from bench.backbone import Backbone
+    from bench.model.backbone import Backbone
 
     bb = Backbone(model, arch="tiny-test", pretrained=None, identity="x", device="cpu", precision="fp32")
     assert "Resize(size=(32, 32), interpolation=bilinear" in repr(bb.eval_transform)
@@ -119,7 +119,7 @@ def test_hf_hub_model_loads_from_the_cache_with_its_preprocessing(hub_cache):
 
 
 def test_hf_hub_grid_and_errors(hub_cache, tmp_path, capsys):
-    from bench.synth import make_dataset_tree
+    from bench.data.synth import make_dataset_tree
 
     make_dataset_tree("eurosat", tmp_path / "data", n_classes=3, per_class=(1, 1, 2))
     argv = ["run", "--method", "zeroshot", "--datasets", "eurosat", "--data-root", str(tmp_path / "data"),

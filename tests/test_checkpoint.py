@@ -12,12 +12,12 @@ import sys
 import pytest
 import torch
 
-from bench import slurm as bs
-from bench import train as bt
+from bench.launch import slurm as bs
+from bench.engine import loop as bt
 from bench.errors import BenchError
 from bench.method import Checkpointer
 from bench.protocols import expand
-from bench.runner import execute
+from bench.engine.runner import execute
 from bench.store import Store, config_hash
 
 NO_CUDA = not torch.cuda.is_available()
@@ -25,7 +25,7 @@ NO_CUDA = not torch.cuda.is_available()
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    from bench.synth import make_dataset_tree
+    from bench.data.synth import make_dataset_tree
 
     root = tmp_path_factory.mktemp("ckpt-data")
     make_dataset_tree("eurosat", root, n_classes=3, per_class=(3, 2, 3))
@@ -136,7 +136,7 @@ def test_checkpoint_after_training_so_evaluation_never_retrains(data_root, tiny_
     assert state is not None and state["epoch"] == int(config["hparams"]["epochs"]) and state["step"] == 0
     count = signal_at_step(monkeypatch, cls, 0)
     logs = []
-    monkeypatch.setattr("bench.runner.log.info", logs.append)
+    monkeypatch.setattr("bench.engine.runner.log.info", logs.append)
     result = execute(config, store, checkpointer=ck)
     assert count[0] == 0 and any("resumed from checkpoint at training complete" in x for x in logs)
     same_run(reference, result)
@@ -214,7 +214,7 @@ def test_gpu_profile_without_cuda_fails_the_runs_in_one_line(data_root, tiny_bac
 # ------------------------------------------------------------------------------------------ precision
 
 def test_auto_precision_is_fp16_autocast_on_gpu_and_fp32_on_cpu():
-    from bench.backbone import _resolve_precision
+    from bench.model.backbone import _resolve_precision
 
     assert _resolve_precision("auto", torch.device("cpu")) == "fp32"
     assert _resolve_precision("auto", torch.device("cuda")) == "amp"
@@ -224,7 +224,7 @@ def test_auto_precision_is_fp16_autocast_on_gpu_and_fp32_on_cpu():
 def test_bf16_checks_real_support_on_the_runs_device(monkeypatch):
     import contextlib
 
-    import bench.backbone as bb
+    import bench.model.backbone as bb
 
     asked = []
 
@@ -286,7 +286,7 @@ def test_deterministic_cuda_settings(monkeypatch):
 
 
 def test_peak_memory_and_device_name_read_the_runs_device(monkeypatch):
-    from bench import runner
+    from bench.engine import runner
 
     asked = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -299,7 +299,7 @@ def test_peak_memory_and_device_name_read_the_runs_device(monkeypatch):
 
 
 def test_train_data_lives_on_the_runs_device(data_root, tiny_backbone_spec):
-    from bench.runner import build_train_data, get_backbone
+    from bench.engine.runner import build_train_data, get_backbone
 
     config = config_of(data_root, tiny_backbone_spec, "coop")
     bb, cache = get_backbone(tiny_backbone_spec)

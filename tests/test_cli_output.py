@@ -22,7 +22,7 @@ def cli(*argv, env=None, timeout=300):
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    from bench.synth import make_dataset_tree
+    from bench.data.synth import make_dataset_tree
 
     root = tmp_path_factory.mktemp("data")
     for key in ("caltech101", "dtd"):

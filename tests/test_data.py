@@ -1,4 +1,4 @@
-"""bench.data + datasets/*.yaml + bench.synth: specs, loaders on real synthetic files, few-shot, base/new."""
+"""bench.data + datasets/*.yaml + bench.data.synth: specs, loaders on real synthetic files, few-shot, base/new."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bench import data, paths, synth
+from bench import data, paths
+from bench.data import synth
 from bench.data import Item
 from bench.errors import BenchError
 

@@ -20,7 +20,7 @@ HEAVY = ("pandas", "seaborn", "sklearn", "scipy", "matplotlib")
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     from bench.data import load_splits
-    from bench.synth import make_dataset_tree
+    from bench.data.synth import make_dataset_tree
 
     root = tmp_path_factory.mktemp("data")
     make_dataset_tree("eurosat", root, n_classes=3, per_class=(4, 2, 4))
@@ -30,7 +30,7 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bb(tiny_ckpt):
-    from bench.backbone import create_backbone
+    from bench.model.backbone import create_backbone
 
     return create_backbone("tiny-test", str(tiny_ckpt))
 
@@ -67,7 +67,7 @@ def test_second_process_encodes_and_writes_nothing(data, tiny_ckpt, tmp_path):
 
 
 def test_seeds_see_different_crops_methods_of_a_seed_the_same(data, bb, tmp_path):
-    from bench.runner import build_train_data
+    from bench.engine.runner import build_train_data
 
     def views(method, seed, cache):
         config = {"method": method, "views": 2, "train": {"dataset": "eurosat", "shots": 2, "seed": seed,
@@ -95,7 +95,7 @@ def test_seeds_see_different_crops_methods_of_a_seed_the_same(data, bb, tmp_path
 
 
 def test_fp32_and_bf16_features_land_in_different_banks(data, tiny_ckpt, tmp_path):
-    from bench.backbone import create_backbone
+    from bench.model.backbone import create_backbone
 
     paths, root = data["paths"], data["splits"].root
     fp32 = FeatureCache(create_backbone("tiny-test", str(tiny_ckpt), precision="fp32"), root=tmp_path)
@@ -169,7 +169,7 @@ def test_stale_temp_files_of_killed_writers_are_removed(data, bb, tmp_path):
 
 def _encode_in_child(args):
     root, folder, paths, ckpt = args
-    from bench.backbone import create_backbone
+    from bench.model.backbone import create_backbone
 
     torch.set_num_threads(1)
     cache = FeatureCache(create_backbone("tiny-test", ckpt), root=folder, workers=0)
@@ -217,7 +217,7 @@ def test_a_claim_of_a_killed_process_is_taken_over_at_once(tmp_path, tiny_ckpt):
     host takes it over at once instead of waiting for it to go stale (minutes), while a live holder is waited for."""
     import socket
 
-    from bench.backbone import create_backbone
+    from bench.model.backbone import create_backbone
     from bench.features import FeatureCache
 
     cache = FeatureCache(create_backbone("tiny-test", str(tiny_ckpt), precision="fp32"), root=tmp_path)

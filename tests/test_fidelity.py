@@ -23,7 +23,7 @@ from bench.paths import repo_root
 @pytest.fixture(scope="module")
 def xd_tree(tmp_path_factory):
     """Two generated datasets: the source ImageNet and one target, DTD (whose template differs)."""
-    from bench.synth import make_dataset_tree
+    from bench.data.synth import make_dataset_tree
 
     root = tmp_path_factory.mktemp("xd-data")
     make_dataset_tree("imagenet", root, n_classes=6, per_class=(2, 0, 6))
@@ -72,7 +72,7 @@ def _by_hand(root, ckpt, dataset: str, templates: list[str]) -> tuple[float, tor
 
 
 def test_cross_dataset_zeroshot_scores_each_target_with_its_own_template(xd_tree, tiny_ckpt, tmp_path):
-    from bench.runner import execute
+    from bench.engine.runner import execute
     from bench.store import Store
 
     result = execute(_xd_config(xd_tree, tiny_ckpt), Store(tmp_path / "res"))
@@ -92,7 +92,7 @@ def test_cross_dataset_zeroshot_scores_each_target_with_its_own_template(xd_tree
 
 
 def test_ensemble_adds_the_evaluated_datasets_template_except_on_imagenet(xd_tree, tiny_ckpt, tmp_path):
-    from bench.runner import execute
+    from bench.engine.runner import execute
     from bench.store import Store
     from methods.zeroshot import IMAGENET_TEMPLATES_SELECT
 
@@ -164,7 +164,7 @@ def test_linear_probe_reference_c_search_on_test_images_is_explicit_recorded_and
                                                                                           tmp_path, capsys):
     from bench.cli import _weights_id, main
     from bench.protocols import expand
-    from bench.runner import _split_for, execute, get_backbone
+    from bench.engine.runner import _split_for, execute, get_backbone
     from bench.store import Store
 
     backbone = {"arch": "tiny-test", "pretrained": str(tiny_ckpt), "weights": _weights_id(str(tiny_ckpt))}
@@ -184,7 +184,7 @@ def test_linear_probe_reference_c_search_on_test_images_is_explicit_recorded_and
     assert ref["hash"] != honest["hash"] and ref["config"]["label"] == "linear_probe[c_search_without_val=test]"
 
     # the images the reference-style search scores are test images: rows of the test split's feature matrix
-    from bench.runner import build_train_data
+    from bench.engine.runner import build_train_data
 
     bb, cache = get_backbone(backbone)
     train, _ = build_train_data(ref["config"], bb, cache, str(xd_tree))

@@ -22,7 +22,7 @@ DATASETS = ["caltech101", "eurosat"]
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, tiny_ckpt):
     """Two generated datasets in CoOp's layout and a saved tiny checkpoint (deterministic weights)."""
-    from bench.synth import make_dataset_tree
+    from bench.data.synth import make_dataset_tree
 
     root = tmp_path_factory.mktemp("data")
     for key in DATASETS:
@@ -121,7 +121,7 @@ def test_rerun_skips_complete_and_redoes_partial(world, tmp_path, capsys):
 
 
 def test_killed_grid_leaves_only_complete_results(world, tmp_path):
-    from bench.synth import make_dataset_tree
+    from bench.data.synth import make_dataset_tree
 
     root = tmp_path / "data"
     keys = ["caltech101", "eurosat", "dtd", "food101"]
@@ -179,7 +179,7 @@ def test_concurrent_writers_never_corrupt(tmp_path):
 
 
 def test_feature_cache_reuses_and_keys_on_content(world, tmp_path, monkeypatch):
-    from bench.backbone import create_backbone
+    from bench.model.backbone import create_backbone
     from bench.data import load_splits
     from bench.features import FeatureCache
 
@@ -244,7 +244,7 @@ def test_missing_data_and_bad_checkpoint_errors(world, tmp_path, capsys):
 
 def test_undecodable_image_is_named_and_other_results_kept(tmp_path, world, capsys):
     from bench.data import load_splits
-    from bench.synth import make_dataset_tree
+    from bench.data.synth import make_dataset_tree
 
     root = tmp_path / "data"
     for k in DATASETS:

@@ -31,7 +31,7 @@ class Echo(Method):
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, tiny_ckpt):
-    from bench.synth import make_dataset_tree
+    from bench.data.synth import make_dataset_tree
 
     root = tmp_path_factory.mktemp("data")
     make_dataset_tree("eurosat", root, n_classes=5, per_class=[(3, 1, 6)] + [(3, 1, 2)] * 4)
@@ -160,7 +160,7 @@ def test_code_version_covers_helper_modules_and_ignores_comments(tmp_path, monke
 def test_a_run_planned_with_other_code_is_refused(world, tmp_path, tiny_backbone_spec):
     from bench.errors import BenchError
     from bench.protocols import expand
-    from bench.runner import execute
+    from bench.engine.runner import execute
 
     (config,) = expand("fewshot", ["zeroshot"], datasets=["eurosat"], backbone=tiny_backbone_spec,
                        data_root=str(world["root"]))

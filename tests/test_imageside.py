@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from bench.protocols import expand
-from bench.runner import execute, get_backbone
-from bench.slurm import FileCheckpointer
+from bench.engine.runner import execute, get_backbone
+from bench.launch.slurm import FileCheckpointer
 from bench.store import Store
 
 IMAGE_METHODS = ["vpt_deep", "ivlp", "maple", "promptsrc"]
@@ -13,7 +13,7 @@ IMAGE_METHODS = ["vpt_deep", "ivlp", "maple", "promptsrc"]
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, tiny_ckpt):
-    from bench.synth import make_dataset_tree
+    from bench.data.synth import make_dataset_tree
 
     root = tmp_path_factory.mktemp("data")
     make_dataset_tree("eurosat", root, n_classes=4, per_class=(6, 2, 5))
@@ -66,7 +66,7 @@ def test_killed_image_run_resumes_to_identical_metrics(world, tmp_path):
 
 
 def test_stream_is_seeded_per_run_and_independent_of_workers(world):
-    from bench.imagestream import build_image_train_data
+    from bench.engine.imagestream import build_image_train_data
 
     (config,) = grid(world, "ivlp")
     bb, _ = get_backbone(config["backbone"], device="cpu")

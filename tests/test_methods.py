@@ -3,7 +3,7 @@
 Prompt assembly is checked token by token against the tokenizer; the losses against independent formulas; the
 linear probe's C search against a literal re-implementation of the reference loop; learning on separable
 synthetic features (class means are text features of a hidden context, so prompts can express them); and one
-end-to-end pass per protocol through ``bench.runner.execute`` on synthetic dataset trees.
+end-to-end pass per protocol through ``bench.engine.runner.execute`` on synthetic dataset trees.
 """
 
 import copy
@@ -32,7 +32,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def bb():
-    from bench.backbone import create_backbone
+    from bench.model.backbone import create_backbone
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -444,7 +444,7 @@ def test_default_hparams_per_protocol():
 
 @pytest.fixture(scope="module")
 def trees(tmp_path_factory):
-    from bench.synth import make_dataset_tree
+    from bench.data.synth import make_dataset_tree
 
     root = tmp_path_factory.mktemp("method-data")
     make_dataset_tree("caltech101", root, n_classes=4, per_class=(4, 2, 3))
@@ -467,7 +467,7 @@ E2E = [
 
 def test_end_to_end_through_the_runner(trees, tmp_path, tiny_backbone_spec):
     from bench.protocols import expand
-    from bench.runner import execute
+    from bench.engine.runner import execute
     from bench.store import Store
 
     store = Store(tmp_path / "results")

@@ -11,9 +11,9 @@ import open_clip
 import pytest
 import torch
 
-from bench.backbone import create_backbone
+from bench.model.backbone import create_backbone
 from bench.errors import BenchError
-from bench.prompted import encode_image, encode_text
+from bench.model.prompted import encode_image, encode_text
 
 DEEP = {  # 3 blocks per tower (so "below a depth" leaves a block untouched); vision width != text width
     "embed_dim": 32,

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from bench.errors import BenchError
 from bench.paths import repo_root
 from bench.protocols import expand
-from bench.runner import execute
+from bench.engine.runner import execute
 from bench.store import Store
 
 
@@ -24,7 +24,7 @@ def clean_registry():
 
 def test_readme_example_method_runs(tmp_path, tiny_backbone_spec, clean_registry):
     from bench.registry import get_method, list_methods
-    from bench.synth import make_dataset_tree
+    from bench.data.synth import make_dataset_tree
 
     text = (repo_root() / "README.md").read_text()
     block = next(b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "register_method" in b)
@@ -40,7 +40,7 @@ def test_readme_example_method_runs(tmp_path, tiny_backbone_spec, clean_registry
     assert m["n_test"] == 20 and 0 <= m["top1"] <= 100
 
     # alpha=1: nearest class mean of the cached few-shot features, recomputed here from the runner's own pieces
-    from bench.runner import build_train_data, get_backbone, _split_for
+    from bench.engine.runner import build_train_data, get_backbone, _split_for
 
     bb, cache = get_backbone(tiny_backbone_spec)
     train, names = build_train_data(grid[0], bb, cache, str(tmp_path / "data"))
@@ -80,7 +80,7 @@ def fresh_registry(monkeypatch):
 
 @pytest.fixture(scope="module")
 def all_data(tmp_path_factory):
-    from bench.synth import make_all
+    from bench.data.synth import make_all
 
     root = tmp_path_factory.mktemp("data")
     make_all(root, n_classes=4, per_class=(2, 1, 3))  # the 11 datasets and ImageNet's 4 variants, tiny

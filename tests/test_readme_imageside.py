@@ -19,7 +19,7 @@ def clean_registry():
 def test_readme_image_side_example_runs_through_the_cli(tmp_path, tiny_ckpt, clean_registry, capsys):
     from bench.cli import main
     from bench.registry import get_method
-    from bench.synth import make_dataset_tree
+    from bench.data.synth import make_dataset_tree
 
     text = (repo_root() / "README.md").read_text()
     block = next(b for b in re.findall(r"```python\n(.*?)```", text, re.S) if 'trains_on = "images"' in b)

@@ -27,7 +27,7 @@ DATASETS = ["caltech101", "eurosat"]
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, tiny_ckpt):
-    from bench.synth import make_dataset_tree
+    from bench.data.synth import make_dataset_tree
 
     root = tmp_path_factory.mktemp("data")
     for key in DATASETS:
@@ -70,9 +70,9 @@ def cli_cmd(world, results, *argv, root=None):
     ("nosuch=1", ["unknown hyperparameter(s) nosuch", "known: batch_size"]),
 ])
 def test_bad_hyperparameters_refused_before_any_work(world, tmp_path, capsys, monkeypatch, setting, needles):
-    import bench.runner
+    import bench.engine.runner
 
-    monkeypatch.setattr(bench.runner, "get_backbone", lambda *a, **k: pytest.fail("work started"))
+    monkeypatch.setattr(bench.engine.runner, "get_backbone", lambda *a, **k: pytest.fail("work started"))
     code, _, err = run_cli(capsys, "run", "--method", "coop", "--datasets", "eurosat", "--shots", "1", "--seeds", "1",
                            "--set", setting, *base(world, tmp_path / "res"))
     one_line_error(code, err, *needles)
@@ -143,7 +143,7 @@ def _edit_split(root: Path, dataset: str, edit) -> None:
 
 
 def test_class_without_training_images_is_an_error(world, tmp_path, capsys):
-    from bench.synth import make_dataset_tree
+    from bench.data.synth import make_dataset_tree
 
     root = tmp_path / "data"
     make_dataset_tree("eurosat", root, n_classes=3, per_class=(4, 2, 3))
@@ -155,7 +155,7 @@ def test_class_without_training_images_is_an_error(world, tmp_path, capsys):
     assert Store(tmp_path / "res").all_results() == []
     # the runner refuses it too (API users, SLURM tasks)
     from bench.protocols import expand
-    from bench.runner import execute
+    from bench.engine.runner import execute
 
     [c] = expand("fewshot", ["linear_probe"], datasets=["eurosat"], shots=[2], seeds=[1],
                  backbone={"arch": "tiny-test", "pretrained": str(world["ckpt"]), "weights": "x"}, data_root=str(root))
@@ -232,9 +232,9 @@ def test_stale_temp_files_of_killed_writers_are_removed(world, tmp_path, capsys)
 
 
 def test_unwritable_results_store_fails_before_any_work(world, tmp_path, capsys, monkeypatch):
-    import bench.runner
+    import bench.engine.runner
 
-    monkeypatch.setattr(bench.runner, "get_backbone", lambda *a, **k: pytest.fail("work started"))
+    monkeypatch.setattr(bench.engine.runner, "get_backbone", lambda *a, **k: pytest.fail("work started"))
     afile = tmp_path / "afile"
     afile.write_text("x")
     for results in (afile, afile / "sub"):
@@ -276,7 +276,7 @@ def test_file_size_limit_is_one_line_naming_the_path(world, tmp_path):
 
 def test_data_check_reports_missing_files_and_reasons(world, tmp_path, capsys):
     from bench.data import load_splits
-    from bench.synth import make_dataset_tree
+    from bench.data.synth import make_dataset_tree
 
     root = tmp_path / "data"
     make_dataset_tree("eurosat", root, n_classes=3, per_class=(2, 1, 2))
@@ -295,7 +295,7 @@ def test_data_check_reports_missing_files_and_reasons(world, tmp_path, capsys):
 
 
 def test_unreadable_dataset_folder_is_one_line(world, tmp_path, capsys, monkeypatch):
-    from bench.synth import make_dataset_tree
+    from bench.data.synth import make_dataset_tree
 
     root = tmp_path / "data"
     make_dataset_tree("eurosat", root, n_classes=3, per_class=(2, 1, 2))
@@ -319,7 +319,7 @@ def test_unreadable_dataset_folder_is_one_line(world, tmp_path, capsys, monkeypa
 
 @pytest.mark.parametrize("entry", ["../../outside.jpg", "/etc/passwd", "a/../../../b.jpg"])
 def test_split_paths_must_stay_inside_the_dataset_root(world, tmp_path, capsys, entry):
-    from bench.synth import make_dataset_tree
+    from bench.data.synth import make_dataset_tree
 
     root = tmp_path / "data"
     make_dataset_tree("eurosat", root, n_classes=3, per_class=(2, 1, 2))
@@ -332,7 +332,7 @@ def test_split_paths_must_stay_inside_the_dataset_root(world, tmp_path, capsys, 
 
 
 def test_symlinks_inside_the_root_are_allowed(world, tmp_path, capsys):
-    from bench.synth import make_dataset_tree
+    from bench.data.synth import make_dataset_tree
 
     root = tmp_path / "data"
     make_dataset_tree("eurosat", root, n_classes=3, per_class=(2, 1, 2))
@@ -353,7 +353,7 @@ class _Payload:
 
 
 def test_training_checkpoint_payload_does_not_run(tmp_path):
-    from bench.slurm import FileCheckpointer
+    from bench.launch.slurm import FileCheckpointer
 
     marker = tmp_path / "PWNED"
     path = tmp_path / "run.ckpt.pt"
@@ -391,7 +391,7 @@ class _SetstatePayload(torch.nn.Module):
 def test_torchscript_archive_is_read_without_running_its_code(tmp_path):
     import open_clip
 
-    from bench.backbone import read_checkpoint, read_torchscript_weights
+    from bench.model.backbone import read_checkpoint, read_torchscript_weights
     from bench.errors import BenchError
 
     # same weights as torch.jit.load, every parameter and buffer
@@ -415,7 +415,7 @@ def test_torchscript_archive_is_read_without_running_its_code(tmp_path):
 
 
 def test_torchscript_setstate_payload_does_not_run(tmp_path, capfd):
-    from bench.backbone import read_checkpoint
+    from bench.model.backbone import read_checkpoint
     from bench.errors import BenchError
 
     path = tmp_path / "setstate.pt"
@@ -479,7 +479,7 @@ def test_two_concurrent_grids_execute_each_run_once(world, tmp_path):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
 def test_sigterm_and_sighup_are_handled_as_ctrl_c(world, tmp_path, sig):
-    from bench.synth import make_dataset_tree
+    from bench.data.synth import make_dataset_tree
 
     root = tmp_path / "data"
     keys = ["caltech101", "eurosat", "dtd", "food101"]

@@ -1,7 +1,7 @@
 """Tables, statistics, figures and published numbers, on a results store built from REAL runs.
 
-The store is built once per module: generated datasets in CoOp's layouts (bench.synth), the tiny random
-backbone, and bench.runner.execute on grids from bench.protocols.expand (zero-shot, a linear probe with a
+The store is built once per module: generated datasets in CoOp's layouts (bench.data.synth), the tiny random
+backbone, and bench.engine.runner.execute on grids from bench.protocols.expand (zero-shot, a linear probe with a
 fixed C and CoOp with 2 epochs, to stay fast). Every number a table shows is recomputed here by hand from
 the stored JSON files.
 """
@@ -49,8 +49,8 @@ def grids(root) -> dict:
 def world(tmp_path_factory):
     import torch
 
-    from bench.runner import execute
-    from bench.synth import make_all
+    from bench.engine.runner import execute
+    from bench.data.synth import make_all
 
     torch.set_num_threads(2)
     root = tmp_path_factory.mktemp("data")
@@ -487,7 +487,7 @@ def test_reference_numbers_are_consistent_and_use_suite_names():
 def test_plots_are_written_and_readable(world, tmp_path, capsys):
     from PIL import Image
 
-    from bench.plots import COLUMN_WIDTH_IN, DPI, FULL_WIDTH_IN
+    from bench.report.plots import COLUMN_WIDTH_IN, DPI, FULL_WIDTH_IN
 
     res = str(world["store"].root)
     out = tmp_path / "fig"
@@ -538,7 +538,7 @@ def test_method_colours_and_markers_are_fixed_per_method_across_figures(world, t
     a method without overrides gets its class's colour and marker."""
     from matplotlib.colors import to_hex
 
-    from bench import plots
+    from bench.report import plots
     from bench.registry import get_method
     from bench.report import Query, load_frame, method_look
 
@@ -571,7 +571,7 @@ def test_method_colours_and_markers_are_fixed_per_method_across_figures(world, t
 
 
 def test_grid_shape_and_y_limits():
-    from bench.plots import grid_shape, y_limits
+    from bench.report.plots import grid_shape, y_limits
 
     assert grid_shape(5) == (2, 3) and grid_shape(12) == (3, 4) and grid_shape(3) == (1, 3) and grid_shape(8) == (2, 4)
     for n in range(1, 16):
@@ -584,7 +584,7 @@ def test_grid_shape_and_y_limits():
 def test_plot_series_average_band_is_std_over_seeds_of_per_seed_averages(world, frame):
     import numpy as np
 
-    from bench.plots import fewshot_series, xpos
+    from bench.report.plots import fewshot_series, xpos
     from bench.report import Query
 
     assert [xpos(k) for k in (0, 1, 2, 4, 8, 16)] == [0, 1, 2, 3, 4, 5]
@@ -602,7 +602,7 @@ def test_plot_series_average_band_is_std_over_seeds_of_per_seed_averages(world, 
 
 
 def test_bench_help_stays_light():
-    code = ("import sys, bench.report, bench.plots; "
+    code = ("import sys, bench.report, bench.report.plots; "
             "assert not {'pandas', 'matplotlib', 'seaborn', 'scipy'} & set(sys.modules), sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
     out = subprocess.run([sys.executable, "-m", "bench.cli", "--help"], capture_output=True, text=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import slurm as bs
+from bench.launch import slurm as bs
 from bench.cli import main
 from bench.errors import BenchError
 from bench.store import Store, config_hash
@@ -51,7 +51,7 @@ SLURM = ["--launcher", "slurm", "--slurm-profile", "local-test"]
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, tiny_ckpt):
     """Generated datasets (real JPEGs, CoOp layout) and a tiny-test checkpoint with fixed weights, on local disk."""
-    from bench.synth import make_dataset_tree
+    from bench.data.synth import make_dataset_tree
 
     root = tmp_path_factory.mktemp("slurm-data")
     for key in DATASETS:
@@ -398,7 +398,7 @@ def test_preempted_task_resumes_from_its_checkpoint(world, long_run, tmp_path, c
 @pytest.mark.slurm
 @cluster
 def test_failed_run_shows_in_status_and_only_it_is_resubmitted(world, tmp_path, capsys):
-    from bench.synth import make_dataset_tree
+    from bench.data.synth import make_dataset_tree
 
     root = tmp_path / "data"
     shutil.copytree(world["root"], root)

@@ -71,7 +71,7 @@ def installed(tmp_path_factory):
 
 
 def test_wheel_holds_specs_configs_and_reference_numbers(installed):
-    code = ("import json, bench, bench.paths as p, bench.report as r, bench.backbone as b; "
+    code = ("import json, bench, bench.paths as p, bench.report as r, bench.model.backbone as b; "
             "print(json.dumps([bench.__file__, str(p.DATASETS_DIR), str(r.reference_dir()), len(r.load_reference()),"
             " str(b.MODEL_CONFIG_DIR), p.in_checkout(), str(p.cache_dir()), str(p.results_dir())]))")
     done = subprocess.run([str(installed["py"]), "-c", code], cwd=installed["work"], env=installed["env"],
@@ -89,7 +89,7 @@ def test_wheel_holds_specs_configs_and_reference_numbers(installed):
 
 
 def test_installed_cli_lists_and_runs_zeroshot(installed):
-    from bench.synth import make_dataset_tree
+    from bench.data.synth import make_dataset_tree
 
     bench = installed["bench"]
     assert bench("--version").stdout.strip().startswith("bench 0.")

@@ -82,7 +82,7 @@ def cache_key(s: dict) -> str:
 
 
 def register_arch() -> None:
-    """Make open_clip know the ``mini`` arch (bench.backbone does this too; registering twice is harmless)."""
+    """Make open_clip know the ``mini`` arch (bench.model.backbone does this too; registering twice is harmless)."""
     import open_clip
 
     if ARCH not in open_clip.list_models():

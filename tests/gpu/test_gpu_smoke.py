@@ -20,10 +20,10 @@ ON_CUDA = DEVICE.startswith("cuda")
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(ON_CUDA and not torch.cuda.is_available(),
                                                   reason="no CUDA device (run scripts/gpu-smoke.sh on a GPU machine)")]
 
-from bench import slurm as bs  # noqa: E402
-from bench import train as bt  # noqa: E402
+from bench.launch import slurm as bs  # noqa: E402
+from bench.engine import loop as bt  # noqa: E402
 from bench.protocols import expand  # noqa: E402
-from bench.runner import execute, get_backbone  # noqa: E402
+from bench.engine.runner import execute, get_backbone  # noqa: E402
 from bench.store import Store, config_hash  # noqa: E402
 
 GPU_PRECISION = "amp" if ON_CUDA else "fp32"  # what "auto" resolves to
@@ -31,7 +31,7 @@ GPU_PRECISION = "amp" if ON_CUDA else "fp32"  # what "auto" resolves to
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    from bench.synth import make_dataset_tree
+    from bench.data.synth import make_dataset_tree
 
     root = tmp_path_factory.mktemp("gpu-data")
     make_dataset_tree("eurosat", root, n_classes=4, per_class=(4, 2, 4))
@@ -60,7 +60,7 @@ def methods():
 
 
 def needs_bf16(precision):
-    from bench.backbone import bf16_supported
+    from bench.model.backbone import bf16_supported
 
     if precision == "bf16" and ON_CUDA and not bf16_supported(DEVICE):
         pytest.skip(f"{torch.cuda.get_device_name()} has no native bf16")
@@ -187,7 +187,7 @@ def test_readme_example_method_on_cuda(data_root, tiny_backbone_spec, tmp_path):
 
     from bench import registry
     from bench.paths import repo_root
-    from bench.runner import build_train_data
+    from bench.engine.runner import build_train_data
 
     text = (repo_root() / "README.md").read_text()
     block = next(b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "register_method" in b)

@@ -131,7 +131,7 @@ def resolve_grid_args(args) -> dict:
     pretrained = args.pretrained or preset.get("pretrained", "openai")
     if pretrained in ("none", "random"):
         pretrained = None
-    from bench.backbone import check_arch, is_hf_hub, resolve_arch
+    from bench.model.backbone import check_arch, is_hf_hub, resolve_arch
 
     check_arch(backbone)
     if is_hf_hub(backbone):
@@ -194,7 +194,7 @@ def _store(args):
 def preflight(grid: list[dict], load_backbone: bool = True, device: str | None = None) -> None:
     """Fail fast, in one line, on data or weight problems before any run starts."""
     from bench.data import load_splits
-    from bench.runner import get_backbone
+    from bench.engine.runner import get_backbone
 
     roots = {c["data_root"] for c in grid}
     if None in roots:
@@ -243,7 +243,7 @@ def cmd_run(args) -> int:
     if args.device:
         if args.launcher != "local":
             raise BenchError("--device applies to local runs; SLURM tasks use their allocated GPU (or the CPU)")
-        from bench.backbone import _resolve_device
+        from bench.model.backbone import _resolve_device
 
         device = str(_resolve_device(args.device))
     store.check_writable()  # before any work: a read-only store or a file named as one fails here
@@ -268,7 +268,7 @@ def cmd_run(args) -> int:
 def cmd_status(args) -> int:
     from collections import Counter
 
-    from bench.slurm import print_status_details, run_states
+    from bench.launch.slurm import print_status_details, run_states
     from bench.store import config_hash
 
     if not (args.preset or args.datasets or args.backbone or args.pretrained):
@@ -325,7 +325,7 @@ def _list_records(what: str) -> list[dict]:
     if what == "backbones":
         import open_clip
 
-        import bench.backbone  # noqa: F401 - registers the project's tiny architectures
+        import bench.model.backbone  # noqa: F401 - registers the project's tiny architectures
 
         return [{"name": n, "pretrained": open_clip.list_pretrained_tags_by_model(n)} for n in open_clip.list_models()]
     import dataclasses
@@ -353,7 +353,7 @@ def cmd_list(args) -> int:
     elif args.what == "backbones":
         import open_clip
 
-        import bench.backbone  # noqa: F401 - registers the project's tiny architectures
+        import bench.model.backbone  # noqa: F401 - registers the project's tiny architectures
 
         for name in open_clip.list_models():
             tags = open_clip.list_pretrained_tags_by_model(name)
@@ -497,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     log.set_verbosity(1 + getattr(args, "verbose", 0) - (1 if getattr(args, "quiet", False) else 0))
     try:
         if getattr(args, "model_configs", None):
-            from bench.backbone import add_model_configs
+            from bench.model.backbone import add_model_configs
 
             for folder in args.model_configs:
                 add_model_configs(folder)
@@ -567,7 +567,7 @@ _EXTRA_COMMANDS: list = []
 def _register_extras() -> None:
     import importlib
 
-    for mod in ("bench.report", "bench.plots", "bench.perf", "bench.demo"):
+    for mod in ("bench.report", "bench.report.plots", "bench.perf", "bench.cli.demo"):
         try:
             m = importlib.import_module(mod)
         except ModuleNotFoundError as e:

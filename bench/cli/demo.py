@@ -44,7 +44,7 @@ def _helper(run_steps: list[list[str]]) -> tuple[subprocess.Popen, IO[bytes]]:
     process, so every number is the same whichever process computed it."""
     out = tempfile.TemporaryFile()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "bench.demo", json.dumps([[*a, "-q"] for a in run_steps[::-1]])],
+    proc = subprocess.Popen([sys.executable, "-m", "bench.cli.demo", json.dumps([[*a, "-q"] for a in run_steps[::-1]])],
                             stdout=out, stderr=subprocess.STDOUT, env=env)
     return proc, out
 
@@ -132,5 +132,5 @@ def add_command(sub) -> None:
     p.set_defaults(func=cmd_demo)
 
 
-if __name__ == "__main__":  # the second process of cmd_demo: python -m bench.demo '<JSON list of bench argvs>'
+if __name__ == "__main__":  # the second process of cmd_demo: python -m bench.cli.demo '<JSON list of bench argvs>'
     sys.exit(_helper_main(json.loads(sys.argv[1])))

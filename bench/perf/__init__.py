@@ -67,7 +67,7 @@ def _fixture(args, tmp: Path):
         import open_clip
 
         from bench import log
-        from bench.backbone import RANDOM_INIT_MESSAGE  # (importing bench.backbone registers our architectures)
+        from bench.model.backbone import RANDOM_INIT_MESSAGE  # (importing bench.model.backbone registers our architectures)
 
         torch.manual_seed(0)
         pretrained = str(tmp / f"{args.backbone}.pt")
@@ -75,7 +75,7 @@ def _fixture(args, tmp: Path):
             torch.save(open_clip.create_model(args.backbone).state_dict(), pretrained)
     if args.data_root:
         return Path(args.data_root), pretrained, "real"
-    from bench.synth import make_dataset_tree
+    from bench.data.synth import make_dataset_tree
 
     make_dataset_tree(args.dataset, tmp / "data", n_classes=args.classes,
                       per_class=(args.shots, min(args.shots, 4), args.test_per_class), image_size=args.image_size)
@@ -96,12 +96,12 @@ def measure(args) -> dict:
     import torch
 
     from bench import log
-    from bench.backbone import create_backbone
+    from bench.model.backbone import create_backbone
     from bench.data import fewshot_sample, get_spec, load_splits
     from bench.features import FeatureCache, ImageList
     from bench.method import Context
-    from bench.runner import build_train_data, metrics
-    from bench.train import batches, lr_at_epoch
+    from bench.engine.runner import build_train_data, metrics
+    from bench.engine.loop import batches, lr_at_epoch
     from methods._prompts import PromptLearner
     from methods.coop import CoOp
 
@@ -206,7 +206,7 @@ def measure(args) -> dict:
             out["grid_warm_files_written"] = sum(s["files_written"] for s in warm)
             out["grid_speedup"] = out["grid_cold_s"] / out["grid_warm_s"]
             out["grid_runs"] = len(args.seeds.split(","))
-            out["startup_import_s"] = _wall([sys.executable, "-c", "import bench.cli, bench.runner, bench.backbone, "
+            out["startup_import_s"] = _wall([sys.executable, "-c", "import bench.cli, bench.engine.runner, bench.model.backbone, "
                                              "bench.launch, methods.coop"], env)
             out["startup_help_s"] = _wall([sys.executable, "-m", "bench.cli", "run", "--help"], env)
 
@@ -234,7 +234,7 @@ def measure(args) -> dict:
         out["text_max_abs"] = float(feats[False].abs().max())
 
         # (c, d) the image-side path: DataLoader workers vs one process, deep text prompts cut vs uncut
-        from bench.perf_image import measure_image_side
+        from bench.perf.image import measure_image_side
 
         out.update(measure_image_side(args, bb, root, paths, labels, splits.classnames, spec))
     log.info("perf done")
@@ -253,7 +253,7 @@ def _stack(items):
 
 
 def report(m: dict) -> str:
-    from bench.perf_image import report_image_side
+    from bench.perf.image import report_image_side
 
     c = m["cache"]
     lines = [

@@ -20,9 +20,9 @@ def _sync(device) -> None:
 
 
 def measure_image_side(args, bb, root, paths, labels, classnames, spec) -> dict:
-    from bench.imagestream import ImageTrainData, worker_count
+    from bench.engine.imagestream import ImageTrainData, worker_count
     from bench.method import Context
-    from bench.prompted import check_vit, encode_text
+    from bench.model.prompted import check_vit, encode_text
     from methods.ivlp import IVLP
 
     try:

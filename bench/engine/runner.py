@@ -23,7 +23,7 @@ from bench.features import FeatureCache
 from bench.method import Checkpointer, Context, TrainData, Unsupported
 from bench.paths import in_checkout, repo_root
 from bench.store import Store, config_hash
-from bench.train import deterministic_cuda
+from bench.engine.loop import deterministic_cuda
 
 _BACKBONES: dict = {}
 _CACHES: dict = {}
@@ -35,7 +35,7 @@ def default_device() -> str:
 
 def get_backbone(spec: dict, precision: str = "auto", device: str | None = None):
     """One backbone (and one feature cache) per process and configuration."""
-    from bench.backbone import create_backbone
+    from bench.model.backbone import create_backbone
 
     device = device or default_device()
     key = (spec["arch"], spec["pretrained"], precision, device)
@@ -229,7 +229,7 @@ def execute(config: dict, store: Store | None = None, checkpointer: Checkpointer
     train_images = None
     images = getattr(cls, "trains_on", "features") == "images"
     if cls.needs_training and images:
-        from bench.imagestream import build_image_train_data
+        from bench.engine.imagestream import build_image_train_data
 
         train, classnames = build_image_train_data(config, backbone, data_root)
         train_images = images_used(train.labels, classnames, tr)
@@ -260,7 +260,7 @@ def execute(config: dict, store: Store | None = None, checkpointer: Checkpointer
             try:
                 with torch.no_grad():
                     if images:  # the method sees test images (test transform), streamed in batches
-                        from bench.imagestream import stream_logits
+                        from bench.engine.imagestream import stream_logits
 
                         logits = stream_logits(method, backbone, root, [it.path for it in items], names)
                     else:

@@ -48,7 +48,7 @@ LOADERS = ("split_json", "imagenet", "fgvc_aircraft", "imagenet_variant")
 GROUPS = ("coop11", "imagenet_variant", "mini", "mini_variant")
 SPLITS = ("train", "val", "test")
 SUBSAMPLE = ("all", "base", "new")
-SYNTHETIC_MARKER = ".synthetic"  # written by bench.synth at a synthetic dataset's root (hidden: never listed)
+SYNTHETIC_MARKER = ".synthetic"  # written by bench.data.synth at a synthetic dataset's root (hidden: never listed)
 
 
 # --------------------------------------------------------------------------------------------- items
@@ -110,7 +110,7 @@ class DatasetSpec:
     variants_file: str | None = None         # fgvc_aircraft
     split_files: dict = field(default_factory=dict, compare=False)     # fgvc_aircraft: split -> list file
     folder_labels: str | None = None         # imagenet_variant: "index" (V2) | "wnid_sorted" (Sketch/A/R)
-    ignored_folders: tuple = ()              # generation-time facts (documentation and bench.synth only)
+    ignored_folders: tuple = ()              # generation-time facts (documentation and bench.data.synth only)
     classname_map: dict = field(default_factory=dict, compare=False)   # generation-time folder -> name
     source: str | None = None                # the YAML file it came from
     extra: dict = field(default_factory=dict, compare=False)           # any other YAML keys
@@ -506,7 +506,7 @@ def check_dataset(spec: str | DatasetSpec, data_root: str | Path, stat_files: bo
             if rep["images"][s] != spec.sizes.get(s, 0) and not (s == "val" and not spec.has_val):
                 rep["notes"].append(f"{s}: {rep['images'][s]} images, the released split has {spec.sizes.get(s, 0)}")
     else:
-        rep["notes"].append("synthetic tree (bench.synth)")
+        rep["notes"].append("synthetic tree (bench.data.synth)")
     if rep["status"] == "found":
         rep["message"] = f"found: {rep['classes']} classes, " + ", ".join(
             f"{s} {rep['images'][s]}" for s in SPLITS)

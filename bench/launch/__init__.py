@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from bench import log
-from bench.runner import execute_safely
+from bench.engine.runner import execute_safely
 from bench.store import Store, release_claims
 
 WAIT_POLL_S = 1.0  # how often a command re-checks the runs another process is executing
@@ -71,7 +71,7 @@ def _failed_since(store: Store, config: dict, t: float) -> bool:
 
 
 def launch_slurm(grid: list[dict], store: Store, args) -> dict:
-    """Submit the missing runs of ``grid`` as SLURM job arrays (see :mod:`bench.slurm`); returns at once."""
-    from bench.slurm import launch_slurm as _launch_slurm
+    """Submit the missing runs of ``grid`` as SLURM job arrays (see :mod:`bench.launch.slurm`); returns at once."""
+    from bench.launch.slurm import launch_slurm as _launch_slurm
 
     return _launch_slurm(grid, store, args)

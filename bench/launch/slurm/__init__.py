@@ -6,11 +6,11 @@ several per task, long ones alone) and submitted as one ``sbatch --array`` per c
 ``AutoExecutor.map_array``; the command returns at once, printing the job ids and the log folder.
 
 Each array task runs :class:`RunTask` (a ``submitit.helpers.Checkpointable``): its runs one after the other through
-:func:`bench.runner.execute` with a :class:`FileCheckpointer` (training state in ``<result>.ckpt.pt`` beside the
+:func:`bench.engine.runner.execute` with a :class:`FileCheckpointer` (training state in ``<result>.ckpt.pt`` beside the
 result file, written every ``checkpoint_every`` epochs, every ``checkpoint_every_steps`` steps /
 ``checkpoint_every_min`` minutes within epochs, and at the end of training; removed once the result is written).
 On preemption or time limit SLURM sends USR2; while a run trains, the signal is held until the current step ends
-and the training state is saved (:data:`bench.train.STOP`), then submitit calls ``RunTask.checkpoint`` and
+and the training state is saved (:data:`bench.engine.loop.STOP`), then submitit calls ``RunTask.checkpoint`` and
 requeues the task; the requeued task skips its completed runs (the store has them) and resumes the interrupted
 one, mid-epoch if need be, from its checkpoint.
 
@@ -368,11 +368,11 @@ def _cuda_missing() -> str | None:
 
 def _defer_preemption_signal() -> None:
     """submitit's USR2 handler (checkpoint, requeue, exit) runs wherever the main thread is, mid-step included.
-    While a training loop runs, hold it (``bench.train.STOP``) until the loop has reached a step boundary and
+    While a training loop runs, hold it (``bench.engine.loop.STOP``) until the loop has reached a step boundary and
     saved its state; outside training run it at once."""
     import signal
 
-    from bench.train import STOP
+    from bench.engine.loop import STOP
 
     for sig in (signal.SIGUSR1, signal.SIGUSR2):
         original = signal.getsignal(sig)
@@ -410,7 +410,7 @@ class RunTask(Checkpointable):
     """
 
     def __call__(self, payload: dict) -> dict:
-        from bench.runner import execute
+        from bench.engine.runner import execute
 
         global _STOPPING
         _STOPPING = False

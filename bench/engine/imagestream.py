@@ -1,0 +1,252 @@
+"""The image-side input path: methods that train *through* the image encoder (``trains_on = "images"``).
+
+For such a method the harness hands :meth:`Method.fit` an :class:`ImageTrainData` instead of cached features:
+
+    loader = train.loader(batch_size)          # a DataLoader with worker processes, over the few-shot sample
+    for batch in loader.epoch(e):              # ImageBatch: augmented images, labels, sample indices
+        batch.images                           # (B, 3, H, W) on the backbone's device, the reference augmentation
+        batch.frozen                           # the frozen encoder's features of these very images (computed once)
+
+and at evaluation it streams the test images under the test transform in batches of 100 and calls
+``method.logits(images, classnames)`` per batch.  :func:`fit_image_epochs` is the reference SGD recipe over this
+stream with checkpoint/resume at epoch boundaries.
+
+Determinism: the augmentation of sample image ``i`` in epoch ``e`` is drawn from an RNG seeded with
+(run seed, image path, e), and the batch order of epoch ``e`` from (run seed, e): an epoch is the same whatever
+the number of workers, and a run resumed at epoch ``e`` continues exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from PIL import Image
+
+from bench import log
+from bench.errors import BenchError
+from bench.engine.loop import batches, grad_scaler, lr_at_epoch
+
+EVAL_BATCH = 100  # the reference's DATALOADER.TEST.BATCH_SIZE
+
+
+def worker_count() -> int:
+    """DataLoader workers: the CPUs this process may use, minus one for the training loop (at most 8).
+
+    ``BENCH_WORKERS`` overrides (0 = decode in the main process).
+    """
+    env = os.environ.get("BENCH_WORKERS")
+    if env:
+        return max(0, int(env))
+    from bench.features import usable_cpus
+
+    n = usable_cpus()
+    return min(8, n - 1) if n > 1 else 0
+
+
+def _seed(*parts) -> int:
+    return int(hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:15], 16)
+
+
+def augmentation_seed(run_seed: int, relpath: str, epoch: int) -> int:
+    """The torch seed of the training augmentation of one image in one epoch of one run."""
+    return _seed("aug", int(run_seed), relpath, int(epoch))
+
+
+class _Images(torch.utils.data.Dataset):
+    """key (i, epoch) -> (augmented image, i, error); epoch None -> the test transform, no RNG."""
+
+    def __init__(self, root: Path, relpaths: list[str], transform, run_seed: int = 0):
+        self.root, self.relpaths, self.transform, self.run_seed = Path(root), list(relpaths), transform, run_seed
+
+    def __len__(self):
+        return len(self.relpaths)
+
+    def __getitem__(self, key):
+        i, epoch = key if isinstance(key, tuple) else (key, None)
+        path = self.root / self.relpaths[i]
+        try:
+            with Image.open(path) as im:
+                img = im.convert("RGB")
+        except Exception as e:  # noqa: BLE001 - reported as one line by the main process
+            return torch.zeros(0), i, f"cannot decode image {path}: {type(e).__name__}: {e}".splitlines()[0]
+        if epoch is None:
+            return self.transform(img), i, ""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(augmentation_seed(self.run_seed, self.relpaths[i], epoch))
+            return self.transform(img), i, ""
+
+
+def _collate(batch):
+    for _, _, err in batch:
+        if err:
+            raise BenchError(err)
+    return torch.stack([x for x, _, _ in batch]), torch.tensor([i for _, i, _ in batch], dtype=torch.long)
+
+
+class _EpochBatches(torch.utils.data.Sampler):
+    """The reference's random batches (drop_last when the set holds a batch) of the current epoch."""
+
+    def __init__(self, n: int, batch_size: int, run_seed: int):
+        self.n, self.batch_size, self.run_seed, self.epoch = n, batch_size, run_seed, 0
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(_seed("order", self.run_seed, self.epoch))
+        for idx in batches(self.n, self.batch_size, gen):
+            yield [(int(i), self.epoch) for i in idx]
+
+    def __len__(self):
+        return self.n // self.batch_size if self.n >= self.batch_size else 1
+
+
+class ImageBatch:
+    """One training batch: ``images`` (B, 3, H, W) and ``labels`` (B,) on the device, ``index`` into the sample.
+
+    ``frozen``: the frozen image encoder's features (B, embed_dim) of exactly these augmented images, computed
+    on first access (no grad) — e.g. PromptSRC's image-consistency target.
+    """
+
+    def __init__(self, images, labels, index, backbone):
+        self.images, self.labels, self.index, self._backbone, self._frozen = images, labels, index, backbone, None
+
+    @property
+    def frozen(self) -> torch.Tensor:
+        if self._frozen is None:
+            self._frozen = self._backbone.encode_image(self.images)
+        return self._frozen
+
+
+class ImageLoader:
+    """A DataLoader (persistent workers) over the few-shot sample; ``epoch(e)`` yields that epoch's batches."""
+
+    def __init__(self, data: "ImageTrainData", batch_size: int, workers: int | None = None):
+        self.data = data
+        self.sampler = _EpochBatches(len(data.relpaths), int(batch_size), data.run_seed)
+        workers = worker_count() if workers is None else workers
+        ds = _Images(data.root, data.relpaths, data.backbone.train_transform, data.run_seed)
+        self.loader = torch.utils.data.DataLoader(
+            ds, batch_sampler=self.sampler, num_workers=workers, collate_fn=_collate,
+            persistent_workers=workers > 0, pin_memory=data.backbone.device.startswith("cuda"))
+
+    def __len__(self):
+        return len(self.sampler)
+
+    def epoch(self, e: int):
+        self.sampler.epoch = int(e)
+        b = self.data.backbone
+        for images, index in self.loader:
+            yield ImageBatch(images.to(b.device, non_blocking=True), self.data.labels[index].to(b.device), index, b)
+
+
+@dataclass
+class ImageTrainData:
+    """A few-shot training set as image files (``trains_on = "images"``)."""
+
+    root: Path                      # dataset root
+    relpaths: list[str]             # sample images, relative to root
+    labels: torch.Tensor            # (N,) int64, 0..n_classes-1
+    backbone: object                # the frozen backbone (its train transform is the augmentation)
+    run_seed: int = 0
+    workers: int | None = None      # None: worker_count()
+
+    def loader(self, batch_size: int) -> ImageLoader:
+        return ImageLoader(self, batch_size, self.workers)
+
+
+def build_image_train_data(config: dict, backbone, data_root, workers: int | None = None):
+    """Few-shot sample (the suite's shared picks) -> class subsample -> an :class:`ImageTrainData`."""
+    from bench.data import fewshot_sample, load_splits, sample_file, subsample_classes, write_sample
+
+    tr = config["train"]
+    splits = load_splits(tr["dataset"], data_root)
+    sample = fewshot_sample(splits, tr["shots"], tr["seed"])
+    if not sample_file(tr["dataset"], tr["shots"], tr["seed"]).is_file():
+        write_sample(splits, tr["shots"], tr["seed"])
+    train, _, _, names = subsample_classes(sample["train"], sample["val"], [], tr["classes"])
+    data = ImageTrainData(root=Path(splits.root), relpaths=[it.path for it in train],
+                          labels=torch.tensor([it.label for it in train], dtype=torch.long), backbone=backbone,
+                          run_seed=int(tr["seed"] or 0), workers=workers)
+    return data, names
+
+
+def stream_logits(method, backbone, root, relpaths: list[str], classnames: list[str],
+                  batch_size: int = EVAL_BATCH, workers: int | None = None) -> torch.Tensor:
+    """Test images under the test transform, in batches, through ``method.logits(images, classnames)``."""
+    workers = worker_count() if workers is None else workers
+    ds = _Images(Path(root), relpaths, backbone.eval_transform)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=min(workers, len(ds) // batch_size),
+                                         collate_fn=_collate)
+    out = []
+    with torch.no_grad():
+        for images, _ in log.progress(loader, desc=f"test {Path(root).name}", total=len(loader)):
+            out.append(method.logits(images.to(backbone.device), classnames).float().cpu())
+    return torch.cat(out) if out else torch.zeros(0, len(classnames))
+
+
+def fit_image_epochs(
+    module: torch.nn.Module,
+    loss_fn: Callable[[ImageBatch], torch.Tensor],
+    train: ImageTrainData,
+    ctx,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    warmup_epochs: int = 1,
+    warmup_lr: float = 1e-5,
+    on_epoch_end: Callable[[int], None] | None = None,
+) -> dict:
+    """The reference recipe (bench.engine.loop) over the image stream; returns {"loss": per-epoch means, "epochs"}.
+
+    Only ``module``'s parameters that require grad train.  State (``module.state_dict()`` — keep any running
+    aggregate such as PromptSRC's in buffers —, optimiser, loss history, epoch, torch RNG) is checkpointed
+    through ``ctx.checkpointer`` every ``ctx.checkpoint_every`` epochs and restored on start.
+    ``on_epoch_end(e)`` runs after each epoch e (1-based), before the checkpoint.
+    """
+    params = [p for p in module.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    # the feature path's loss scaler (fp16 autocast and fp16 weights); a disabled one passes losses through
+    scaler = grad_scaler(train.backbone.precision, train.backbone.device) or torch.amp.GradScaler("cuda", enabled=False)
+    history: list[float] = []
+    start = 0
+    state = ctx.checkpointer.load()
+    if state is not None:
+        module.load_state_dict(state["module"])
+        opt.load_state_dict(state["optimizer"])
+        if scaler.is_enabled() and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"])
+        history = list(state["loss"])
+        start = int(state["epoch"])
+        ctx.log(f"resumed from checkpoint at epoch {start}/{epochs}")
+    loader = train.loader(batch_size)
+    module.train()
+    for epoch in range(start, epochs):
+        for group in opt.param_groups:
+            group["lr"] = lr_at_epoch(epoch, epochs, lr, warmup_epochs, warmup_lr)
+        total, count = 0.0, 0
+        for batch in log.progress(loader.epoch(epoch), desc=f"epoch {epoch + 1}/{epochs}", total=len(loader)):
+            loss = loss_fn(batch)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            total += float(loss.detach()) * len(batch.labels)
+            count += len(batch.labels)
+        history.append(total / max(count, 1))
+        done = epoch + 1
+        if on_epoch_end is not None:
+            on_epoch_end(done)
+        if ctx.checkpoint_every and done % ctx.checkpoint_every == 0 and done < epochs:
+            ctx.checkpointer.save(
+                {"module": module.state_dict(), "optimizer": opt.state_dict(), "rng": torch.get_rng_state(),
+                 "scaler": scaler.state_dict() if scaler.is_enabled() else None, "loss": history, "epoch": done})
+            ctx.log(f"checkpoint at epoch {done}/{epochs}")
+    module.eval()
+    return {"loss": history, "epochs": epochs}
