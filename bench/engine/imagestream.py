@@ -8,18 +8,25 @@ For such a method the harness hands :meth:`Method.fit` an :class:`ImageTrainData
         batch.frozen                           # the frozen encoder's features of these very images (computed once)
 
 and at evaluation it streams the test images under the test transform in batches of 100 and calls
-``method.logits(images, classnames)`` per batch.  :func:`fit_image_epochs` is the reference SGD recipe over this
-stream with checkpoint/resume at epoch boundaries.
+``method.logits(images, classnames)`` per batch.  :func:`fit_image_epochs` is the reference recipe of the suite's
+one training loop (:func:`bench.engine.loop.fit`) over this stream, with its checkpoints (by epochs, steps and
+minutes, on the preemption signal, at the end of training) and exact mid-epoch resume.
 
 Determinism: the augmentation of sample image ``i`` in epoch ``e`` is drawn from an RNG seeded with
 (run seed, image path, e), and the batch order of epoch ``e`` from (run seed, e): an epoch is the same whatever
-the number of workers, and a run resumed at epoch ``e`` continues exactly as an uninterrupted one.
+the number of workers, and a run resumed at step ``k`` of epoch ``e`` starts the sampler there (the skipped
+batches are not decoded) and continues exactly as an uninterrupted one.
+
+DataLoader worker processes ignore the preemption and termination signals (:func:`worker_init`): forked from
+the main process, they would otherwise run its handlers too (a SLURM preemption handled twice); the main process
+handles the signal and stops its workers.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -29,7 +36,7 @@ from PIL import Image
 
 from bench import log
 from bench.errors import BenchError
-from bench.engine.loop import batches, grad_scaler, lr_at_epoch
+from bench.engine.loop import batches, fit, sgd, warmup_cosine
 
 EVAL_BATCH = 100  # the reference's DATALOADER.TEST.BATCH_SIZE
 
@@ -46,6 +53,13 @@ def worker_count() -> int:
 
     n = usable_cpus()
     return min(8, n - 1) if n > 1 else 0
+
+
+def worker_init(worker_id: int = 0) -> None:
+    """DataLoader ``worker_init_fn``: the worker ignores SIGUSR1/SIGUSR2 (preemption), SIGTERM and SIGHUP, whose
+    handlers it inherited from the main process; the main process handles them and stops its workers."""
+    for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def _seed(*parts) -> int:
@@ -89,14 +103,15 @@ def _collate(batch):
 
 
 class _EpochBatches(torch.utils.data.Sampler):
-    """The reference's random batches (drop_last when the set holds a batch) of the current epoch."""
+    """The reference's random batches (drop_last when the set holds a batch) of the current epoch, from step
+    ``start`` on."""
 
     def __init__(self, n: int, batch_size: int, run_seed: int):
-        self.n, self.batch_size, self.run_seed, self.epoch = n, batch_size, run_seed, 0
+        self.n, self.batch_size, self.run_seed, self.epoch, self.start = n, batch_size, run_seed, 0, 0
 
     def __iter__(self):
         gen = torch.Generator().manual_seed(_seed("order", self.run_seed, self.epoch))
-        for idx in batches(self.n, self.batch_size, gen):
+        for idx in batches(self.n, self.batch_size, gen)[self.start:]:
             yield [(int(i), self.epoch) for i in idx]
 
     def __len__(self):
@@ -130,16 +145,41 @@ class ImageLoader:
         ds = _Images(data.root, data.relpaths, data.backbone.train_transform, data.run_seed)
         self.loader = torch.utils.data.DataLoader(
             ds, batch_sampler=self.sampler, num_workers=workers, collate_fn=_collate,
-            persistent_workers=workers > 0, pin_memory=data.backbone.device.startswith("cuda"))
+            persistent_workers=workers > 0, pin_memory=data.backbone.device.startswith("cuda"),
+            worker_init_fn=worker_init)
 
     def __len__(self):
         return len(self.sampler)
 
-    def epoch(self, e: int):
-        self.sampler.epoch = int(e)
+    def epoch(self, e: int, start: int = 0):
+        """The batches of epoch ``e`` from step ``start`` on (earlier ones are neither sampled nor decoded)."""
+        self.sampler.epoch, self.sampler.start = int(e), int(start)
+        batches_of_epoch = iter(self.loader)  # now, not at the first batch: the loop restores RNG states after it
         b = self.data.backbone
-        for images, index in self.loader:
-            yield ImageBatch(images.to(b.device, non_blocking=True), self.data.labels[index].to(b.device), index, b)
+        return (ImageBatch(images.to(b.device, non_blocking=True), self.data.labels[index].to(b.device), index, b)
+                for images, index in batches_of_epoch)
+
+
+class ImageBatches:
+    """:class:`ImageLoader` as the training loop's batch source (:class:`bench.engine.loop.Batches`): yields
+    ``((ImageBatch,), n)``; the stream is seeded by run seed and epoch, so a checkpoint needs no state of it."""
+
+    desc = "epoch"
+
+    def __init__(self, loader: ImageLoader):
+        self.loader = loader
+
+    def __len__(self):
+        return len(self.loader)
+
+    def epoch(self, e: int, start: int, saver=None):
+        return (((batch,), len(batch.labels)) for batch in self.loader.epoch(e, start))
+
+    def state(self, boundary: bool) -> dict:
+        return {}
+
+    def load_state(self, state: dict) -> None:
+        pass
 
 
 @dataclass
@@ -179,7 +219,7 @@ def stream_logits(method, backbone, root, relpaths: list[str], classnames: list[
     workers = worker_count() if workers is None else workers
     ds = _Images(Path(root), relpaths, backbone.eval_transform)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=min(workers, len(ds) // batch_size),
-                                         collate_fn=_collate)
+                                         collate_fn=_collate, worker_init_fn=worker_init)
     out = []
     with torch.no_grad():
         for images, _ in log.progress(loader, desc=f"test {Path(root).name}", total=len(loader)):
@@ -202,51 +242,12 @@ def fit_image_epochs(
     warmup_lr: float = 1e-5,
     on_epoch_end: Callable[[int], None] | None = None,
 ) -> dict:
-    """The reference recipe (bench.engine.loop) over the image stream; returns {"loss": per-epoch means, "epochs"}.
+    """The reference recipe over the image stream, ``loss_fn(batch)``; returns {"loss": per-epoch means, "epochs"}.
 
-    Only ``module``'s parameters that require grad train.  State (``module.state_dict()`` — keep any running
-    aggregate such as PromptSRC's in buffers —, optimiser, loss history, epoch, torch RNG) is checkpointed
-    through ``ctx.checkpointer`` every ``ctx.checkpoint_every`` epochs and restored on start.
-    ``on_epoch_end(e)`` runs after each epoch e (1-based), before the checkpoint.
+    Only ``module``'s parameters that require grad train.  Its ``state_dict()`` is checkpointed with the rest of
+    the training state (:func:`bench.engine.loop.fit`): keep any running aggregate such as PromptSRC's in buffers.
+    ``on_epoch_end(e)`` runs after each epoch e (1-based), before that epoch's checkpoint.
     """
-    params = [p for p in module.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    # the feature path's loss scaler (fp16 autocast and fp16 weights); a disabled one passes losses through
-    scaler = grad_scaler(train.backbone.precision, train.backbone.device) or torch.amp.GradScaler("cuda", enabled=False)
-    history: list[float] = []
-    start = 0
-    state = ctx.checkpointer.load()
-    if state is not None:
-        module.load_state_dict(state["module"])
-        opt.load_state_dict(state["optimizer"])
-        if scaler.is_enabled() and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng"])
-        history = list(state["loss"])
-        start = int(state["epoch"])
-        ctx.log(f"resumed from checkpoint at epoch {start}/{epochs}")
-    loader = train.loader(batch_size)
-    module.train()
-    for epoch in range(start, epochs):
-        for group in opt.param_groups:
-            group["lr"] = lr_at_epoch(epoch, epochs, lr, warmup_epochs, warmup_lr)
-        total, count = 0.0, 0
-        for batch in log.progress(loader.epoch(epoch), desc=f"epoch {epoch + 1}/{epochs}", total=len(loader)):
-            loss = loss_fn(batch)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            total += float(loss.detach()) * len(batch.labels)
-            count += len(batch.labels)
-        history.append(total / max(count, 1))
-        done = epoch + 1
-        if on_epoch_end is not None:
-            on_epoch_end(done)
-        if ctx.checkpoint_every and done % ctx.checkpoint_every == 0 and done < epochs:
-            ctx.checkpointer.save(
-                {"module": module.state_dict(), "optimizer": opt.state_dict(), "rng": torch.get_rng_state(),
-                 "scaler": scaler.state_dict() if scaler.is_enabled() else None, "loss": history, "epoch": done})
-            ctx.log(f"checkpoint at epoch {done}/{epochs}")
-    module.eval()
-    return {"loss": history, "epochs": epochs}
+    return fit(module, loss_fn, ImageBatches(train.loader(batch_size)), ctx, epochs=epochs,
+               optimizer=sgd(lr, momentum, weight_decay), schedule=warmup_cosine(lr, epochs, warmup_epochs, warmup_lr),
+               on_epoch_end=on_epoch_end)
