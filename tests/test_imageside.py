@@ -1,11 +1,11 @@
-"""The image-side input path (bench/imagestream.py) and the deep-prompt methods through the real runner."""
+"""The image-side input path (bench/engine/imagestream.py) and the deep-prompt methods through the real runner."""
 
 import pytest
 import torch
 
 from bench.protocols import expand
 from bench.engine.runner import execute, get_backbone
-from bench.launch.slurm import FileCheckpointer
+from bench.engine.checkpoint import FileCheckpointer
 from bench.store import Store
 
 IMAGE_METHODS = ["vpt_deep", "ivlp", "maple", "promptsrc"]
@@ -52,13 +52,13 @@ def test_killed_image_run_resumes_to_identical_metrics(world, tmp_path):
         with pytest.raises(KeyboardInterrupt):
             execute(config, store, checkpointer=ck, checkpoint_every=1)
         assert ck.path.exists() and store.load(config) is None
-        assert torch.load(ck.path, weights_only=False)["epoch"] == 2
+        assert torch.load(ck.path, weights_only=True)["epoch"] == 2
         ck.stop_after = -1
         resumed = execute(config, store, checkpointer=ck, checkpoint_every=1)
     finally:
         os.environ.pop("BENCH_WORKERS")
     assert not ck.path.exists()  # cleared once the result is stored
-    assert ck.saves == 3  # epochs 1, 2, then 3 after resuming at 2 (a restart would have saved 1, 2 again)
+    assert ck.saves == 4  # epochs 1, 2, then 3 and the end of training (4) after resuming at 2 (not 1, 2 again)
     assert resumed["train_stats"]["loss"] == full["train_stats"]["loss"]
     for name, m in full["metrics"].items():
         assert resumed["metrics"][name]["top1"] == m["top1"]

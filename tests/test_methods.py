@@ -173,7 +173,13 @@ def test_cut_text_encoder_matches_uncut(bb):
         assert (a - b).abs().max() <= 1e-5
     cut.text_features(NAMES).sum().backward()
     uncut.text_features(NAMES).sum().backward()
-    assert torch.allclose(cut.ctx.grad, uncut.ctx.grad, atol=1e-5)
+    # The gradients are large (max ~230 on this model) and the two encoders sum over sequences of different
+    # lengths, so they differ by fp32 rounding: measured 6e-5 absolute, 2.6e-7 (about 2 ulp) relative to the
+    # largest gradient. Compare relative to that scale (1e-6 of it, ~8 ulp); a real difference (a misplaced
+    # context token, a wrong mask) changes gradients by orders of magnitude more.
+    scale = float(uncut.ctx.grad.abs().max())
+    assert scale > 1.0
+    torch.testing.assert_close(cut.ctx.grad, uncut.ctx.grad, rtol=1e-5, atol=1e-6 * scale)
 
 
 # ------------------------------------------------------------------------------------------ losses
