@@ -226,3 +226,68 @@ def _main_pid(proc) -> str:
     m = re.search(r"task pid (\d+)", proc.stderr + proc.stdout)
     assert m, proc.stderr[-2000:]
     return m.group(1)
+
+
+_KILLED_AT_STEP = textwrap.dedent('''
+    import os, signal, sys
+    from bench.cli import main
+    from methods.promptsrc import PromptSRC
+
+    steps, real = [0], PromptSRC.loss
+
+    def loss(self, batch):
+        steps[0] += 1
+        if steps[0] == int(os.environ["KILL_AT_STEP"]):
+            os.kill(os.getpid(), signal.SIGKILL)  # kill -9, in the middle of this step
+        return real(self, batch)
+
+    PromptSRC.loss = loss
+    sys.exit(main(sys.argv[1:]))
+''')
+
+
+def test_killed_local_image_run_resumes_losing_at_most_checkpoint_every_steps(world, tmp_path):
+    """`bench run` of an image-side method killed with SIGKILL in step 9 (8 steps done), checkpoints every 3 steps:
+    the rerun resumes at step 6 (epoch 1, step 2), and ends with the numbers of an uninterrupted `bench run`."""
+    from bench.cli import main
+
+    flags = ["run", "--method", "promptsrc", "--datasets", "eurosat", "--protocol", "base2new", "--shots", "4",
+             "--seeds", "1", "--set", "epochs=3", "--set", "batch_size=2", "--set", "text_depth=2",
+             "--set", "vision_depth=2", "--backbone", "tiny-test", "--pretrained", str(world["ckpt"]),
+             "--data-root", str(world["root"])]
+    assert main([*flags, "--results", str(tmp_path / "ref")]) == 0
+    (expected,) = Store(tmp_path / "ref").all_results()
+
+    script, results = tmp_path / "killed.py", tmp_path / "res"
+    script.write_text(_KILLED_AT_STEP)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "BENCH_WORKERS": "1", "KILL_AT_STEP": "9",
+           "BENCH_CHECKPOINT_EVERY": "0", "BENCH_CHECKPOINT_EVERY_STEPS": "3"}
+    killed = subprocess.run([sys.executable, str(script), *flags, "--results", str(results)], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    (ckpt,) = results.rglob("*.ckpt.pt")
+    state = torch.load(ckpt, weights_only=True)
+    assert (state["epoch"], state["step"]) == (1, 2)  # 8 steps done, the last checkpoint at 6: 2 lost (< 3)
+    assert not Store(results).all_results()
+
+    env.pop("KILL_AT_STEP")
+    rerun = subprocess.run([sys.executable, "-m", "bench.cli", *flags, "--results", str(results)], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "resumed from checkpoint at epoch 1/3, step 2" in rerun.stdout + rerun.stderr
+    (got,) = Store(results).all_results()
+    same_run(expected, got)
+    assert not list(results.rglob("*.ckpt.pt"))
+
+
+def test_local_checkpoint_policy_from_the_environment(monkeypatch):
+    from bench.engine.checkpoint import local_policy
+    from bench.errors import BenchError
+
+    monkeypatch.setenv("BENCH_CHECKPOINT_EVERY_STEPS", "20")
+    monkeypatch.setenv("BENCH_CHECKPOINT_EVERY_MIN", "0.5")
+    assert local_policy() == {"every": 10, "every_steps": 20, "every_s": 30.0}
+    monkeypatch.setenv("BENCH_CHECKPOINT_EVERY_STEPS", "often")
+    with pytest.raises(BenchError, match="BENCH_CHECKPOINT_EVERY_STEPS='often'") as e:
+        local_policy()
+    assert "\n" not in str(e.value)

@@ -1,14 +1,19 @@
-"""Training-state checkpoints in files: :class:`FileCheckpointer` and where a run's checkpoint lives.
+"""Training-state checkpoints in files: :class:`FileCheckpointer`, where a run's checkpoint lives, and the local
+launcher's checkpoint policy.
 
-Used by every launcher that resumes interrupted runs (SLURM array tasks); not SLURM-specific.  The training loop
-(:func:`bench.engine.loop.fit`) decides when to save and what a state holds; this module only stores it safely.
+Used by both launchers, so that an interrupted run resumes where it stopped: SLURM array tasks (policy from the
+SLURM profile) and local ``bench run`` (policy from the environment, :func:`local_policy`; a run killed with
+``kill -9`` resumes on the next ``bench run``).  The training loop (:func:`bench.engine.loop.fit`) decides when to
+save and what a state holds; this module only stores it safely.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from bench import log
+from bench.errors import BenchError
 from bench.fileio import atomic_open
 from bench.store import Store
 
@@ -49,3 +54,27 @@ class FileCheckpointer:
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+LOCAL_POLICY = {  # environment variable -> (default, what it sets) for local runs
+    "BENCH_CHECKPOINT_EVERY": (10, "epochs between training-state checkpoints (0: none by epoch)"),
+    "BENCH_CHECKPOINT_EVERY_STEPS": (0, "training steps between checkpoints within epochs (0: not by steps)"),
+    "BENCH_CHECKPOINT_EVERY_MIN": (30, "minutes between checkpoints within epochs (0: not by time)"),
+}
+
+
+def local_policy() -> dict:
+    """The local launcher's checkpoint policy: {"every": epochs, "every_steps": steps, "every_s": seconds}, from
+    ``BENCH_CHECKPOINT_EVERY`` (default 10), ``BENCH_CHECKPOINT_EVERY_STEPS`` (0) and ``BENCH_CHECKPOINT_EVERY_MIN``
+    (30), the SLURM profile's defaults. The end of training is always saved."""
+    values = {}
+    for name, (default, what) in LOCAL_POLICY.items():
+        raw = os.environ.get(name, "").strip()
+        try:
+            values[name] = float(raw) if raw else float(default)
+            if values[name] < 0 or values[name] != values[name]:
+                raise ValueError
+        except ValueError:
+            raise BenchError(f"{name}={raw!r}: must be a number >= 0 ({what})") from None
+    return {"every": int(values["BENCH_CHECKPOINT_EVERY"]), "every_steps": int(values["BENCH_CHECKPOINT_EVERY_STEPS"]),
+            "every_s": 60.0 * values["BENCH_CHECKPOINT_EVERY_MIN"]}

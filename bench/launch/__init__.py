@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from bench import log
+from bench.engine.checkpoint import FileCheckpointer, checkpoint_path, local_policy
 from bench.engine.runner import execute_safely
 from bench.store import Store, release_claims
 
@@ -23,6 +24,7 @@ def launch_local(grid: list[dict], store: Store, device: str | None = None) -> d
     the work: a run another live process holds is left to it and waited for at the end. Counts: ``ran`` and
     ``failed`` here, ``skipped`` (complete before this command), ``by_other`` (completed by another process),
     ``failed_other`` (failed in another process)."""
+    policy = local_policy()  # training-state checkpoints beside the results: a killed run resumes
     todo = pending(grid, store)
     log.info(f"{len(grid)} runs in the grid, {len(grid) - len(todo)} already complete, {len(todo)} to run")
     counts = {"ran": 0, "failed": 0, "by_other": 0, "failed_other": 0}
@@ -38,7 +40,9 @@ def launch_local(grid: list[dict], store: Store, device: str | None = None) -> d
                 counts["by_other"] += 1
             elif seen_at is not None and _failed_since(store, config, seen_at):
                 counts["failed_other"] += 1
-            elif execute_safely(config, store, device=device) is None:
+            elif execute_safely(config, store, device=device, checkpoint_every=policy["every"], checkpointer=
+                                FileCheckpointer(checkpoint_path(store, config), policy["every_steps"],
+                                                 policy["every_s"])) is None:
                 counts["failed"] += 1
             else:
                 counts["ran"] += 1
