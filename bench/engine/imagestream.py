@@ -17,9 +17,9 @@ Determinism: the augmentation of sample image ``i`` in epoch ``e`` is drawn from
 the number of workers, and a run resumed at step ``k`` of epoch ``e`` starts the sampler there (the skipped
 batches are not decoded) and continues exactly as an uninterrupted one.
 
-DataLoader worker processes ignore the preemption and termination signals (:func:`worker_init`): forked from
-the main process, they would otherwise run its handlers too (a SLURM preemption handled twice); the main process
-handles the signal and stops its workers.
+DataLoader worker processes ignore the preemption and termination signals (:class:`SignalSafeLoader`): forked
+from the main process, they would otherwise run its handlers too (a SLURM preemption handled twice); the main
+process handles the signal and stops its workers.
 """
 
 from __future__ import annotations
@@ -55,11 +55,33 @@ def worker_count() -> int:
     return min(8, n - 1) if n > 1 else 0
 
 
+_WORKER_IGNORES = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM, signal.SIGHUP)
+
+
 def worker_init(worker_id: int = 0) -> None:
     """DataLoader ``worker_init_fn``: the worker ignores SIGUSR1/SIGUSR2 (preemption), SIGTERM and SIGHUP, whose
-    handlers it inherited from the main process; the main process handles them and stops its workers."""
-    for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM, signal.SIGHUP):
+    handlers it inherited from the main process, then unblocks them (:class:`SignalSafeLoader` forks it with them
+    blocked); the main process handles them and stops its workers."""
+    for sig in _WORKER_IGNORES:
         signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _WORKER_IGNORES)
+
+
+class SignalSafeLoader(torch.utils.data.DataLoader):
+    """A DataLoader whose worker processes never run the main process's signal handlers: the signals are blocked
+    while the workers are forked (a signal then reaches the main process a moment later) and ignored in them."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, worker_init_fn=worker_init, **kwargs)
+
+    def _get_iterator(self):
+        if self.num_workers == 0:
+            return super()._get_iterator()
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _WORKER_IGNORES)
+        try:
+            return super()._get_iterator()  # forks the workers
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _seed(*parts) -> int:
@@ -143,10 +165,9 @@ class ImageLoader:
         self.sampler = _EpochBatches(len(data.relpaths), int(batch_size), data.run_seed)
         workers = worker_count() if workers is None else workers
         ds = _Images(data.root, data.relpaths, data.backbone.train_transform, data.run_seed)
-        self.loader = torch.utils.data.DataLoader(
+        self.loader = SignalSafeLoader(
             ds, batch_sampler=self.sampler, num_workers=workers, collate_fn=_collate,
-            persistent_workers=workers > 0, pin_memory=data.backbone.device.startswith("cuda"),
-            worker_init_fn=worker_init)
+            persistent_workers=workers > 0, pin_memory=data.backbone.device.startswith("cuda"))
 
     def __len__(self):
         return len(self.sampler)
@@ -218,8 +239,8 @@ def stream_logits(method, backbone, root, relpaths: list[str], classnames: list[
     """Test images under the test transform, in batches, through ``method.logits(images, classnames)``."""
     workers = worker_count() if workers is None else workers
     ds = _Images(Path(root), relpaths, backbone.eval_transform)
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=min(workers, len(ds) // batch_size),
-                                         collate_fn=_collate, worker_init_fn=worker_init)
+    loader = SignalSafeLoader(ds, batch_size=batch_size, num_workers=min(workers, len(ds) // batch_size),
+                              collate_fn=_collate)
     out = []
     with torch.no_grad():
         for images, _ in log.progress(loader, desc=f"test {Path(root).name}", total=len(loader)):
