@@ -14,6 +14,7 @@ import torch
 
 from bench.launch import slurm as bs
 from bench.engine import loop as bt
+from bench.engine.checkpoint import FileCheckpointer, checkpoint_path
 from bench.errors import BenchError
 from bench.method import Checkpointer
 from bench.protocols import expand
@@ -97,7 +98,7 @@ def test_preemption_signal_saves_at_the_step_boundary_and_resume_is_exact(
         bs.RunTask()(payload)
     assert fake_submitit_handler == [1]  # ran once, held while training, after the step ended
     assert count[0] == stop_step  # no further step started
-    state = torch.load(bs.checkpoint_path(store, config), weights_only=True)
+    state = torch.load(checkpoint_path(store, config), weights_only=True)
     per_epoch = 6 if method == "cocoop" else 3
     assert (state["epoch"], state["step"]) == divmod(stop_step, per_epoch)
     assert not store.is_complete(config) and store.failure(config) is None
@@ -110,7 +111,7 @@ def test_preemption_signal_saves_at_the_step_boundary_and_resume_is_exact(
     epochs = int(config["hparams"]["epochs"])
     assert count[0] == epochs * per_epoch - stop_step  # only the remaining steps ran
     same_run(reference, store.load(config))
-    assert not bs.checkpoint_path(store, config).exists()
+    assert not checkpoint_path(store, config).exists()
 
 
 @pytest.mark.parametrize("method,overrides", [("cocoop", {}), ("coop", {"epochs": 1, "n_ctx": 4})])
@@ -122,7 +123,7 @@ def test_checkpoint_after_training_so_evaluation_never_retrains(data_root, tiny_
     config = config_of(data_root, tiny_backbone_spec, method, **overrides)
     reference = execute(copy.deepcopy(config), Store(tmp_path / "ref"))
     store = Store(tmp_path / "s")
-    ck = bs.FileCheckpointer(bs.checkpoint_path(store, config))
+    ck = FileCheckpointer(checkpoint_path(store, config))
     cls = get_method(method)
 
     def preempted(self, features, classnames):
@@ -330,7 +331,7 @@ def test_preemption_while_an_epochs_view_is_encoded_saves_at_once(data_root, tin
     count = signal_at_step(monkeypatch, __import__("methods.coop", fromlist=["CoOp"]).CoOp, 0)
     with pytest.raises(SystemExit):
         bs.RunTask()(payload)
-    state = torch.load(bs.checkpoint_path(store, config), weights_only=True)
+    state = torch.load(checkpoint_path(store, config), weights_only=True)
     assert (state["epoch"], state["step"], count[0]) == (1, 0, 3) and len(state["loss"]) == 1
     monkeypatch.undo()
     bs._STOPPING = False

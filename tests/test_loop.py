@@ -291,3 +291,26 @@ def test_local_checkpoint_policy_from_the_environment(monkeypatch):
     with pytest.raises(BenchError, match="BENCH_CHECKPOINT_EVERY_STEPS='often'") as e:
         local_policy()
     assert "\n" not in str(e.value)
+
+
+def test_an_op_without_deterministic_cuda_kernel_fails_an_image_run_in_one_line(world, monkeypatch):
+    from bench.engine.imagestream import build_image_train_data, fit_image_epochs
+    from bench.engine.runner import get_backbone
+    from bench.errors import BenchError
+    from bench.method import Context
+
+    monkeypatch.setenv("BENCH_WORKERS", "0")
+    config = promptsrc(world)
+    bb, _ = get_backbone(config["backbone"], device="cpu")
+    train, names = build_image_train_data(config, bb, world["root"])
+    ctx = Context(backbone=bb, classnames=names, template="{}", dataset="eurosat", hparams={}, seed=1,
+                  log=lambda m: None)
+
+    def loss(batch):
+        raise RuntimeError("index_add_cuda_ does not have a deterministic implementation, but you set "
+                           "'torch.use_deterministic_algorithms(True)'. You can turn off ...\nmore text")
+
+    with pytest.raises(BenchError, match="BENCH_DETERMINISTIC=warn") as e:
+        fit_image_epochs(torch.nn.Linear(2, 2), loss, train, ctx, epochs=1, batch_size=2, lr=0.1)
+    assert "\n" not in str(e.value) and "index_add_cuda_" in str(e.value)
+    assert not bt.STOP.active  # the training marker is released on errors
