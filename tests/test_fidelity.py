@@ -94,7 +94,7 @@ def test_cross_dataset_zeroshot_scores_each_target_with_its_own_template(xd_tree
 def test_ensemble_adds_the_evaluated_datasets_template_except_on_imagenet(xd_tree, tiny_ckpt, tmp_path):
     from bench.engine.runner import execute
     from bench.store import Store
-    from methods.zeroshot import IMAGENET_TEMPLATES_SELECT
+    from bench.methods.zeroshot import IMAGENET_TEMPLATES_SELECT
 
     result = execute(_xd_config(xd_tree, tiny_ckpt, templates="ensemble"), Store(tmp_path / "res"))
     m = result["metrics"]
@@ -151,7 +151,7 @@ def test_kgcoop_defaults_per_protocol_follow_the_authors_sources(protocol, datas
 
 
 def test_kgcoop_docstring_cites_each_source():
-    from methods import kgcoop
+    from bench.methods import kgcoop
 
     for needle in ("issue #4", "issue #8", "vit_b16_ep100_ctxv1.yaml", "base2new_test.sh", "run.sh", "xd_train.sh"):
         assert needle in kgcoop.__doc__
