@@ -224,24 +224,6 @@ def _identity_name(module) -> str:
     return name[len("bench."):] if name.startswith(BUILTIN_PACKAGE + ".") else name
 
 
-# Source revisions of built-in methods that change no number (moved modules, import paths): their runs keep the code
-# version of the source before. Registered name -> {digest of the revised source: code version before}. An entry
-# is added only for a revision shown to keep every number bit-identical (tests/test_identity.py names the digests).
-SAME_CODE: dict[str, dict[str, str]] = {
-    # the built-ins moved into bench.methods: import lines (bench.api, relative helpers) changed, nothing else
-    "cocoop": {"f03ab2adcc09": "a62b802bd6e9"},
-    "coop": {"f13a3234fb19": "2f7babe01757"},
-    "coop_csc": {"39f6ec4c24ba": "1fd88305a99d"},
-    "ivlp": {"89bc18b60a9e": "7bdd0eccc660"},
-    "kgcoop": {"a4c568913258": "df0e76cddc63"},
-    "linear_probe": {"5df4796fa65a": "bd06866f3a96"},
-    "maple": {"3e81f1ca82cf": "ac93ec87998a"},
-    "promptsrc": {"314d64fe84c3": "35d54e4bc25e"},
-    "vpt_deep": {"01629f224708": "0fc0f77d1e1c"},
-    "zeroshot": {"6a9b2a6b52fa": "9725a2c0cda6"},
-}
-
-
 def source_digest(cls: type) -> str:
     """The digest of the method's source: its module and the helper modules of its package it uses (names as
     :func:`_identity_name` gives them, sources AST-normalised), 12 hex digits."""
@@ -259,8 +241,9 @@ def code_version(cls: type) -> str:
     its optional ``version`` attribute: edited code gets new run hashes, so stale results are never reused."""
     if cls not in _CODE_VERSIONS:
         digest = source_digest(cls)
-        if cls.__module__.startswith(BUILTIN_PACKAGE + "."):
-            digest = SAME_CODE.get(getattr(cls, "name", ""), {}).get(digest, digest)
+        if cls.__module__.startswith(BUILTIN_PACKAGE + "."):  # a revision recorded as changing no number
+            same = importlib.import_module(f"{BUILTIN_PACKAGE}._same_code").SAME_CODE
+            digest = same.get(getattr(cls, "name", ""), {}).get(digest, digest)
         version = getattr(cls, "version", None)
         _CODE_VERSIONS[cls] = digest + (f"-v{version}" if version is not None else "")
     return _CODE_VERSIONS[cls]

@@ -228,7 +228,7 @@ def test_built_in_code_versions_and_run_hashes_are_unchanged(tiny_backbone_spec)
 
     assert set(GOLDEN_CODE) <= set(list_methods())
     now = {n: code_version(get_method(n)) for n in GOLDEN_CODE}
-    # a source revision that keeps every number bit-identical may keep its runs: bench.registry.SAME_CODE then
+    # a source revision that keeps every number bit-identical may keep its runs: methods/_same_code.py then
     # needs the line this message names (any other edit of a built-in must get new hashes: update GOLDEN_* then)
     assert now == GOLDEN_CODE, "revised built-in sources (registered name: {digest now: version before}): " + str(
         {n: {source_digest(get_method(n)): GOLDEN_CODE[n]} for n in GOLDEN_CODE if now[n] != GOLDEN_CODE[n]})
