@@ -114,7 +114,7 @@ class DeepPrompts(nn.Module):
     def text_features(self, classnames) -> torch.Tensor:
         """(n, embed_dim) text features (not normalised) of the prompted (or hand-crafted) class prompts."""
         if not self.n_text:
-            from bench.method import handcrafted_text_features
+            from bench.api import handcrafted_text_features
             return handcrafted_text_features(self.backbone, HANDCRAFTED, list(classnames))
         tokens, embeds = self._prompts(tuple(classnames))
         ctx = self.text_ctx.to(embeds.dtype)
