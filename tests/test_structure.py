@@ -5,6 +5,12 @@ The import graph is read from the source (ast), so imports inside functions coun
 a module: moving an import into a function to dodge a cycle does not hide the cycle. Imports under
 ``if TYPE_CHECKING:`` never run and are left out. The built-in methods (source: methods/) are part of the graph as
 ``bench.methods.*``.
+
+"Names no built-in method": no identifier and no word of a string literal (f-strings included) in bench/ equals
+the registered name of a built-in method, outside the places listed in NAMES_ALLOWED_IN. Comments and docstrings
+do not count (they may name a method as an example). Method names are lower-case identifiers, so the match is
+exact and case-sensitive ("CoOp" in a help text is prose, "coop" is a name); a key that merely coincides with a
+method's name counts too: rename it, so that a grep for a method's name finds only the method.
 """
 
 import ast
