@@ -279,8 +279,22 @@ class Method:
         self.ctx = ctx
         self.hp = ctx.hparams
 
+    # --- Hooks the harness reads (runner, registry, report); a method overrides those it needs -------------------
+    # The run's identity: bench.registry.code_version digests the method's source (its module and its package's
+    # helper modules it uses); ``version``, when set, is appended (``<digest>-v<version>``), so bumping it makes
+    # stored results of this method stale on purpose, e.g. after a change outside its source that alters numbers.
+    version: ClassVar[int | str | None] = None
+
+    def template_info(self) -> dict:
+        """The text prompts this method scores with, recorded in the result: once as trained, and per evaluation
+        (inside :meth:`Context.evaluating`, so ``ctx.template`` is the evaluated dataset's). JSON-serialisable; the
+        default is the hand-crafted template at hand, ``{"template": ctx.template}``."""
+        return {"template": self.ctx.template}
+
     def fit(self, train: TrainData) -> dict:
-        """Train on cached features; return training statistics (e.g. {"loss": [per-epoch means]})."""
+        """Train on cached features; return training statistics, stored with the result (e.g. ``{"loss": [per-epoch
+        means]}``). One key is read by the harness: ``"table_note"``, a one-line caveat (e.g. "C searched on test
+        images") that tables show, flagged, under this run's rows."""
         return {}
 
     def logits(self, features: torch.Tensor, classnames: list[str]) -> torch.Tensor:

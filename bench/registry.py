@@ -1,6 +1,6 @@
 """Method registry: ``@register_method("name")`` fills it; on first use it imports, in this order:
 
-* every module of the built-in ``methods/`` package;
+* every module of the built-in package :mod:`bench.methods` (source: the repository's ``methods/`` folder);
 * the entry points of group ``clip_prompt_bench.methods`` of installed packages (each names a module whose
   classes register themselves, or a :class:`bench.method.Method` subclass, registered under the entry point's name);
 * every ``*.py`` file (not starting with ``_``) of the folders in ``$BENCH_METHODS_PATH`` (``os.pathsep``-separated;
@@ -20,6 +20,7 @@ from pathlib import Path
 
 from bench.errors import BenchError
 
+BUILTIN_PACKAGE = "bench.methods"
 ENTRY_POINT_GROUP = "clip_prompt_bench.methods"
 PATH_ENV = "BENCH_METHODS_PATH"
 
@@ -47,11 +48,10 @@ def _load_all() -> None:
     global _loaded
     if _loaded:
         return
-    import methods
-
-    for info in sorted(pkgutil.iter_modules(methods.__path__), key=lambda m: m.name):
+    package = importlib.import_module(BUILTIN_PACKAGE)
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
         if not info.name.startswith("_"):
-            importlib.import_module(f"methods.{info.name}")
+            importlib.import_module(f"{BUILTIN_PACKAGE}.{info.name}")
     _loaded = True  # set before loading user code: a failing plug-in must not reload the built-ins
     _load_entry_points()
     for folder in _env_dirs():
@@ -166,19 +166,28 @@ def _normalised_source(path: Path) -> str:
     return ast.dump(tree, annotate_fields=False, include_attributes=False)
 
 
+def _home_package(module) -> str | None:
+    """The package whose modules count as the method's own code: :mod:`bench.methods` for the built-ins, the top
+    package otherwise (a plug-in's package, a methods folder's tag); None for a method defined in the harness."""
+    if module.__name__.startswith(BUILTIN_PACKAGE + "."):
+        return BUILTIN_PACKAGE
+    top = module.__name__.split(".")[0]
+    return None if top == "bench" else top
+
+
 def _related_modules(module) -> list:
     """``module`` and, transitively, the modules of its own package (or folder) that it uses, e.g. methods/_prompts.py
     for methods/coop.py. The harness (bench.*) and third-party libraries are not the method's code."""
-    top = module.__name__.split(".")[0]
+    home_package = _home_package(module)
     home = Path(module.__file__).resolve().parent
-    if top == "bench":
+    if home_package is None:
         return [module]
 
     def ours(m) -> bool:
         f = getattr(m, "__file__", None)
         if not f or not f.endswith(".py"):
             return False
-        if m.__name__.split(".")[0] == top and "." in m.__name__:
+        if m.__name__.startswith(home_package + "."):
             return True
         return Path(f).resolve().parent == home and not m.__name__.startswith("bench")
 
@@ -205,20 +214,36 @@ def _related_modules(module) -> list:
             if m is not None and m.__name__ not in seen and ours(m):
                 seen[m.__name__] = m
                 todo.append(m)
-    return [seen[k] for k in sorted(seen)]
+    return sorted(seen.values(), key=_identity_name)
+
+
+def _identity_name(module) -> str:
+    """The module's name as a run's identity knows it: the built-ins as ``methods.X``, the name they had before they
+    moved into :mod:`bench.methods` (so that results stored before the move keep their hashes)."""
+    name = module.__name__
+    return name[len("bench."):] if name.startswith(BUILTIN_PACKAGE + ".") else name
+
+
+def source_digest(cls: type) -> str:
+    """The digest of the method's source: its module and the helper modules of its package it uses (names as
+    :func:`_identity_name` gives them, sources AST-normalised), 12 hex digits."""
+    h = hashlib.sha256()
+    try:
+        for m in _related_modules(sys.modules.get(cls.__module__)):
+            h.update(_identity_name(m).encode() + b"\0" + _normalised_source(Path(m.__file__)).encode() + b"\0")
+    except (AttributeError, TypeError, OSError, SyntaxError, UnicodeDecodeError):
+        h.update(b"no-source:" + cls.__qualname__.encode())  # e.g. compiled-only modules: version decides
+    return h.hexdigest()[:12]
 
 
 def code_version(cls: type) -> str:
     """A digest of the method's source (its file and its package's helper modules it uses, AST-normalised) and of
     its optional ``version`` attribute: edited code gets new run hashes, so stale results are never reused."""
     if cls not in _CODE_VERSIONS:
-        module = sys.modules.get(cls.__module__)
-        h = hashlib.sha256()
-        try:
-            for m in _related_modules(module):
-                h.update(m.__name__.encode() + b"\0" + _normalised_source(Path(m.__file__)).encode() + b"\0")
-        except (AttributeError, TypeError, OSError, SyntaxError, UnicodeDecodeError):
-            h.update(b"no-source:" + cls.__qualname__.encode())  # e.g. compiled-only modules: version decides
+        digest = source_digest(cls)
+        if cls.__module__.startswith(BUILTIN_PACKAGE + "."):  # a revision recorded as changing no number
+            same = importlib.import_module(f"{BUILTIN_PACKAGE}._same_code").SAME_CODE
+            digest = same.get(getattr(cls, "name", ""), {}).get(digest, digest)
         version = getattr(cls, "version", None)
-        _CODE_VERSIONS[cls] = h.hexdigest()[:12] + (f"-v{version}" if version is not None else "")
+        _CODE_VERSIONS[cls] = digest + (f"-v{version}" if version is not None else "")
     return _CODE_VERSIONS[cls]

@@ -21,11 +21,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench.model import prompted
-from bench.errors import BenchError
-from bench.engine.imagestream import fit_image_epochs
-from bench.method import Method, Param, cosine_logits, prompt_name
-from methods._prompts import OPTIM_SPEC, optim_defaults, optim_kwargs
+from bench.api import (BenchError, Method, Param, check_vit, cosine_logits, encode_image, encode_text,
+                       fit_image_epochs, prompt_name)
+from ._prompts import OPTIM_SPEC, optim_defaults, optim_kwargs
 
 HANDCRAFTED = "a photo of a {}."  # the frozen text side of VPT-deep (MaPLe repository's VPT trainer)
 
@@ -51,7 +49,7 @@ class DeepPrompts(nn.Module):
     def __init__(self, backbone, n_ctx_text: int, n_ctx_vision: int, text_depth: int, vision_depth: int,
                  ctx_init: str = "", coupled: bool = False, seed: int | None = 0):
         super().__init__()
-        prompted.check_vit(backbone)
+        check_vit(backbone)
         self.backbone = backbone
         m = backbone.model
         d, w = m.token_embedding.embedding_dim, m.visual.conv1.out_channels
@@ -116,12 +114,12 @@ class DeepPrompts(nn.Module):
     def text_features(self, classnames) -> torch.Tensor:
         """(n, embed_dim) text features (not normalised) of the prompted (or hand-crafted) class prompts."""
         if not self.n_text:
-            from bench.method import handcrafted_text_features
+            from bench.api import handcrafted_text_features
             return handcrafted_text_features(self.backbone, HANDCRAFTED, list(classnames))
         tokens, embeds = self._prompts(tuple(classnames))
         ctx = self.text_ctx.to(embeds.dtype)
         embeds = torch.cat([embeds[:, :1], ctx.expand(len(tokens), -1, -1), embeds[:, 1 + self.n_text:]], dim=1)
-        return prompted.encode_text(self.backbone, embeds, tokens, list(self.text_deep))
+        return encode_text(self.backbone, embeds, tokens, list(self.text_deep))
 
     # --- vision -------------------------------------------------------------------------------------------
 
@@ -134,7 +132,7 @@ class DeepPrompts(nn.Module):
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         first, deep = self.vision_prompts()
-        return prompted.encode_image(self.backbone, images, first, deep)
+        return encode_image(self.backbone, images, first, deep)
 
 
 class DeepPromptMethod(Method):

@@ -22,8 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from bench.errors import BenchError
-from bench.method import Param, Unsupported, prompt_name
+from bench.api import BenchError, Param, Unsupported, prompt_name
 
 POSITIONS = ("end", "middle", "front")
 PLACEHOLDER = "X"

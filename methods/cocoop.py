@@ -10,10 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench.method import Method
-from bench.registry import register_method
-from bench.engine.loop import fit_epochs
-from methods._prompts import OPTIM_SPEC, PROMPT_SPEC, learner_from_hparams, optim_defaults, optim_kwargs
+from bench.api import Method, fit_epochs, register_method
+from ._prompts import OPTIM_SPEC, PROMPT_SPEC, learner_from_hparams, optim_defaults, optim_kwargs
 
 
 class CoCoOpNet(nn.Module):

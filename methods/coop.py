@@ -10,10 +10,8 @@ scores any class names (new classes, ImageNet-A/R's 200).
 import torch
 import torch.nn.functional as F
 
-from bench.method import Method, cosine_logits
-from bench.registry import register_method
-from bench.engine.loop import fit_epochs
-from methods._prompts import OPTIM_SPEC, PROMPT_SPEC, coop_defaults, learner_from_hparams, optim_kwargs
+from bench.api import Method, cosine_logits, fit_epochs, register_method
+from ._prompts import OPTIM_SPEC, PROMPT_SPEC, coop_defaults, learner_from_hparams, optim_kwargs
 
 
 @register_method("coop")

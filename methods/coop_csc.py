@@ -6,8 +6,8 @@ those classes or any subset of them by name (ImageNet-A/R's 200 classes) and rai
 words (the reference ignores CSC when CTX_INIT is set).
 """
 
-from bench.registry import register_method
-from methods.coop import CoOp
+from bench.api import register_method
+from .coop import CoOp
 
 
 @register_method("coop_csc")

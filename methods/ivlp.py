@@ -7,8 +7,8 @@ every layer of ViT-B/16), no coupling.  SGD lr 0.0035, batch 4, 5 epochs, cosine
 The repository has one config (base-to-new); this suite uses it for every protocol.
 """
 
-from bench.registry import register_method
-from methods._deep import DeepPromptMethod, optim_spec, prompt_spec
+from bench.api import register_method
+from ._deep import DeepPromptMethod, optim_spec, prompt_spec
 
 
 @register_method("ivlp")

@@ -40,10 +40,9 @@ cross_dataset                      (``--load-epoch 25``; Dassl saves only the la
 import torch
 import torch.nn.functional as F
 
-from bench.method import Param, cosine_logits, handcrafted_text_features
-from bench.registry import register_method
-from methods._prompts import OPTIM_SPEC, PROMPT_SPEC, optim_defaults
-from methods.coop import CoOp
+from bench.api import Param, cosine_logits, handcrafted_text_features, register_method
+from ._prompts import OPTIM_SPEC, PROMPT_SPEC, optim_defaults
+from .coop import CoOp
 
 # KgCoOp's own per-dataset prompts for its w_clip targets (the reference kgcoop.py CUSTOM_TEMPLATES). They equal
 # the dataset's CoOp template except where listed here; any other dataset uses its own template.

@@ -26,10 +26,8 @@ import warnings
 import numpy as np
 import torch
 
-from bench.errors import BenchError
-from bench.method import Method, Param, TrainData
-from bench.registry import register_method
-from methods._prompts import match_classes
+from bench.api import BenchError, Method, Param, TrainData, register_method
+from ._prompts import match_classes
 
 SEARCH_INIT = [1e6, 1e4, 1e2, 1, 1e-2, 1e-4, 1e-6]
 DEFAULT_C = 1.0

@@ -9,8 +9,8 @@ and cross-dataset (``..._cross_datasets.yaml``): depth 3, lr 0.0026, 2 epochs.  
 config: this suite uses the base-to-new one for ``fewshot``.
 """
 
-from bench.registry import register_method
-from methods._deep import DeepPromptMethod, optim_spec, prompt_spec
+from bench.api import register_method
+from ._deep import DeepPromptMethod, optim_spec, prompt_spec
 
 
 @register_method("maple")

@@ -22,9 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench.method import Param, cosine_logits, prompt_name
-from bench.registry import register_method
-from methods._deep import DeepPromptMethod, optim_spec, prompt_spec
+from bench.api import Param, cosine_logits, prompt_name, register_method
+from ._deep import DeepPromptMethod, optim_spec, prompt_spec
 
 GPA_45_5 = {"stanford_cars", "oxford_flowers", "fgvc_aircraft", "dtd", "eurosat"}
 
@@ -113,7 +112,7 @@ class PromptSRC(DeepPromptMethod):
 
     def fit(self, train):
         from bench.engine.imagestream import fit_image_epochs
-        from methods._prompts import optim_kwargs
+        from ._prompts import optim_kwargs
 
         self._text_cache.clear()
         kw = optim_kwargs(self.hp)

@@ -6,8 +6,8 @@ prompt "a photo of a <name>.".  SGD lr 0.0025, batch 4, 5 epochs, cosine, 1 warm
 The repository has one config (base-to-new); this suite uses it for every protocol.
 """
 
-from bench.registry import register_method
-from methods._deep import DeepPromptMethod, optim_spec, prompt_spec
+from bench.api import register_method
+from ._deep import DeepPromptMethod, optim_spec, prompt_spec
 
 
 @register_method("vpt_deep")

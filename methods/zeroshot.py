@@ -12,8 +12,7 @@ re-normalised.
 
 import torch.nn.functional as F
 
-from bench.method import Method, Param, cosine_logits, handcrafted_text_features
-from bench.registry import register_method
+from bench.api import Method, Param, cosine_logits, handcrafted_text_features, register_method
 
 IMAGENET_TEMPLATES_SELECT = [
     "itap of a {}.",

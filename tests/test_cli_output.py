@@ -154,7 +154,7 @@ def test_kgcoop_templates_live_with_the_method():
     from pathlib import Path
 
     from bench.data import get_spec
-    from methods.kgcoop import KGCOOP_TEMPLATES, kgcoop_template
+    from bench.methods.kgcoop import KGCOOP_TEMPLATES, kgcoop_template
 
     assert kgcoop_template("dtd", get_spec("dtd").template) == "a photo of a {}, a type of texture."
     assert kgcoop_template("caltech101", get_spec("caltech101").template) == "a photo of a {}."

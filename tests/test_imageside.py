@@ -88,14 +88,37 @@ def test_stream_is_seeded_per_run_and_independent_of_workers(world):
 
 @pytest.mark.parametrize("method", IMAGE_METHODS)
 def test_image_methods_run_and_train_only_their_prompts(world, tmp_path, method):
+    from bench.data import get_spec
+    from bench.engine.imagestream import build_image_train_data
+    from bench.engine.runner import set_seed
+    from bench.method import Context
+    from bench.registry import get_method
+
     (config,) = grid(world, method, epochs=2)
-    bb, _ = get_backbone(config["backbone"], device="cpu")
-    before = {k: v.clone() for k, v in bb.model.state_dict().items()}
     result = execute(config, Store(tmp_path))
     assert set(result["metrics"]) == {"eurosat:base", "eurosat:new"}
     assert all(0 <= m["top1"] <= 100 and m["n_test"] == 10 for m in result["metrics"].values())
     assert len(result["train_stats"]["loss"]) == 2
-    assert all(torch.equal(before[k], v) for k, v in bb.model.state_dict().items())
+
+    # the run's training again, by the runner's steps, to look at the tensors: every prompt tensor moved, the
+    # backbone (parameters and buffers) did not, and the method holds no other trainable tensor
+    bb, _ = get_backbone(config["backbone"], device="cpu")
+    frozen = {k: v.clone() for k, v in bb.model.state_dict().items()}
+    set_seed(1)
+    train, classnames = build_image_train_data(config, bb, world["root"])
+    ctx = Context(backbone=bb, classnames=classnames, template=get_spec("eurosat").template, dataset="eurosat",
+                  hparams=dict(config["hparams"]), seed=1, protocol="base2new")
+    m = get_method(method)(ctx)
+    prompts = {n: p.detach().clone() for n, p in m.prompts.named_parameters()}
+    assert prompts and all(p.requires_grad for p in m.prompts.parameters())
+    set_seed(1)
+    assert m.fit(train)["loss"] == result["train_stats"]["loss"]  # the same training as the run's
+    moved = {n for n, p in m.prompts.named_parameters() if not torch.equal(prompts[n], p.detach())}
+    assert moved == set(prompts)
+    assert all(torch.equal(frozen[k], v) for k, v in bb.model.state_dict().items())
+    trainable = {id(p) for v in vars(m).values() if isinstance(v, torch.nn.Module) for p in v.parameters()
+                 if p.requires_grad}
+    assert trainable == {id(p) for p in m.prompts.parameters()}
 
 
 def test_reference_defaults_per_protocol():

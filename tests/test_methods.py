@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from bench.method import Checkpointer, Context, TrainData, Unsupported
 from bench.registry import get_method
-from methods._prompts import PromptLearner, splice
+from bench.methods._prompts import PromptLearner, splice
 
 NAMES = ["dog", "golden_retriever", "x-ray machine"]  # multi-token names; "x" is also the placeholder's token
 TRAINED = ["coop", "coop_csc", "cocoop", "kgcoop"]

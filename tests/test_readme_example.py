@@ -173,3 +173,83 @@ def test_entry_point_methods_are_registered(tmp_path, fresh_registry, monkeypatc
     with pytest.raises(BenchError, match="cannot load method entry point broken = plugged_pkg:Missing "
                                          r"\(package plugged-pkg"):
         fresh_registry.list_methods()
+
+
+# ------------------------------------------------------------------ method files written against the old imports
+
+OLD_PATHS = {"Method": "bench.method", "Param": "bench.method", "cosine_logits": "bench.method",
+             "handcrafted_text_features": "bench.method", "register_method": "bench.registry",
+             "fit_epochs": "bench.train", "fit_image_epochs": "bench.imagestream", "encode_image": "bench.prompted"}
+
+OLD_FEATURE_METHOD = '''
+import torch
+import torch.nn.functional as F
+
+from bench.method import Method, Param, cosine_logits, handcrafted_text_features
+from bench.registry import register_method
+from bench.train import fit_epochs
+
+
+@register_method("old_residual")
+class OldResidual(Method):
+    """A learned residual on the zero-shot text classifier, trained with the feature loop."""
+
+    description = "zero-shot text weights + a learned residual"
+    hparam_spec = {"epochs": Param(int, min=1), "lr": Param(float, min=0)}
+
+    @classmethod
+    def default_hparams(cls, protocol, dataset, shots):
+        return {"epochs": 2, "lr": 0.5}
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        text = handcrafted_text_features(ctx.backbone, ctx.template, ctx.classnames)
+        self.residual = torch.nn.Parameter(torch.zeros_like(text))
+
+    def weights(self, classnames):
+        text = handcrafted_text_features(self.ctx.backbone, self.ctx.template, classnames)
+        seen = [self.ctx.classnames.index(c) if c in self.ctx.classnames else None for c in classnames]
+        return torch.stack([t + self.residual[i] if i is not None else t for t, i in zip(text, seen)])
+
+    def fit(self, train):
+        loss = lambda f, y: F.cross_entropy(cosine_logits(f, self.weights(self.ctx.classnames), 10.0), y)
+        return fit_epochs(torch.nn.ParameterList([self.residual]), loss, train, self.ctx,
+                          epochs=self.hp["epochs"], batch_size=4, lr=self.hp["lr"])
+
+    def logits(self, features, classnames):
+        with torch.no_grad():
+            return cosine_logits(features, self.weights(classnames), self.ctx.backbone.logit_scale)
+'''
+
+
+def _with_old_imports(block: str) -> str:
+    """The README's example with its ``from bench.api import ...`` line split over the modules that held those
+    names before bench.api existed (bench.method, bench.registry, bench.train, bench.imagestream, bench.prompted)."""
+    line = next(ln for ln in block.splitlines() if ln.startswith("from bench.api import "))
+    names = [n.strip() for n in line[len("from bench.api import "):].split(",")]
+    old = "\n".join(f"from {OLD_PATHS[n]} import {n}" for n in names)
+    return block.replace(line, old)
+
+
+def test_method_folder_written_against_the_old_imports_runs_unchanged(tmp_path, tiny_ckpt, fresh_registry, capsys):
+    from bench.cli import main
+    from bench.data.synth import make_dataset_tree
+
+    folder = tmp_path / "old_methods"
+    folder.mkdir()
+    (folder / "old_residual.py").write_text(OLD_FEATURE_METHOD)
+    text = (repo_root() / "README.md").read_text()
+    image_block = next(b for b in re.findall(r"```python\n(.*?)```", text, re.S) if 'trains_on = "images"' in b)
+    (folder / "old_vpt.py").write_text(_with_old_imports(image_block).replace('"shallow_vpt"', '"old_vpt"'))
+    assert "from bench.prompted import encode_image" in (folder / "old_vpt.py").read_text()
+
+    make_dataset_tree("eurosat", tmp_path / "data", n_classes=3, per_class=(4, 1, 3))
+    argv = ["run", "--method", "old_residual,old_vpt", "--datasets", "eurosat", "--shots", "2", "--seeds", "1",
+            "--set", "epochs=2", "--backbone", "tiny-test", "--pretrained", tiny_ckpt,
+            "--data-root", tmp_path / "data", "--results", tmp_path / "res", "--methods-dir", folder]
+    assert main([str(a) for a in argv]) == 0, capsys.readouterr().err
+    assert "2 ran, 0 failed" in capsys.readouterr().out
+    results = {r["config"]["method"]: r for r in Store(tmp_path / "res").all_results()}
+    assert set(results) == {"old_residual", "old_vpt"}
+    for r in results.values():
+        assert len(r["train_stats"]["loss"]) == 2 and r["metrics"]["eurosat"]["n_test"] == 9

@@ -102,8 +102,8 @@ def measure(args) -> dict:
     from bench.method import Context
     from bench.engine.runner import build_train_data, metrics
     from bench.engine.loop import batches, lr_at_epoch
-    from methods._prompts import PromptLearner
-    from methods.coop import CoOp
+    from bench.methods._prompts import PromptLearner
+    from bench.methods.coop import CoOp
 
     if args.threads:
         torch.set_num_threads(args.threads)

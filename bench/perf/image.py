@@ -23,7 +23,7 @@ def measure_image_side(args, bb, root, paths, labels, classnames, spec) -> dict:
     from bench.engine.imagestream import ImageTrainData, worker_count
     from bench.method import Context
     from bench.model.prompted import check_vit, encode_text
-    from methods.ivlp import IVLP
+    from bench.methods.ivlp import IVLP
 
     try:
         check_vit(bb)
