@@ -9,15 +9,16 @@ may change (the older paths ``bench.method``, ``bench.registry``, ``bench.train`
   :func:`register_method`, :class:`Param` (a hyperparameter's declaration), :class:`Unsupported`, :class:`BenchError`;
 * what the harness hands a method: :class:`Context`, :class:`TrainData` (cached features), and for
   ``trains_on = "images"`` :class:`ImageTrainData` of :class:`ImageBatch` batches;
-* the training loops: :func:`fit_epochs` (cached features), :func:`fit_image_epochs` (image batches);
+* the training loop: :func:`fit` over a batch source (:class:`FeatureBatches` of cached views, :class:`ImageBatches`
+  of the image stream) with an optimiser factory (default :func:`sgd`) and a schedule (default :func:`warmup_cosine`);
+  :func:`fit_epochs` (cached features) and :func:`fit_image_epochs` (image batches) are the reference recipe over it;
 * CLIP helpers: :func:`encode_image` / :func:`encode_text` (the encoders with learned prompts inserted; :func:`check_vit`
   refuses a backbone they cannot prompt),
   :func:`cosine_logits`, :func:`handcrafted_text_features`, :func:`prompt_name`.
 """
 
-# Integrator: add `fit` (the unified loop of bench.engine.loop) to the imports and to __all__ once merged.
-from bench.engine.imagestream import ImageBatch, ImageTrainData, fit_image_epochs
-from bench.engine.loop import fit_epochs
+from bench.engine.imagestream import ImageBatch, ImageBatches, ImageTrainData, fit_image_epochs
+from bench.engine.loop import FeatureBatches, fit, fit_epochs, sgd, warmup_cosine
 from bench.errors import BenchError
 from bench.method import (Context, Method, Param, TrainData, Unsupported, cosine_logits, handcrafted_text_features,
                           prompt_name)
@@ -27,7 +28,9 @@ from bench.registry import register_method
 __all__ = [
     "BenchError",
     "Context",
+    "FeatureBatches",
     "ImageBatch",
+    "ImageBatches",
     "ImageTrainData",
     "Method",
     "Param",
@@ -37,9 +40,12 @@ __all__ = [
     "cosine_logits",
     "encode_image",
     "encode_text",
+    "fit",
     "fit_epochs",
     "fit_image_epochs",
     "handcrafted_text_features",
     "prompt_name",
     "register_method",
+    "sgd",
+    "warmup_cosine",
 ]

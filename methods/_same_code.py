@@ -15,7 +15,7 @@ SAME_CODE: dict[str, dict[str, str]] = {
     "kgcoop": {"a4c568913258": "df0e76cddc63"},
     "linear_probe": {"5df4796fa65a": "bd06866f3a96"},
     "maple": {"77dc3cf9fdaf": "ac93ec87998a"},
-    "promptsrc": {"530a27ef085e": "35d54e4bc25e"},
+    "promptsrc": {"963474a6e633": "35d54e4bc25e"},
     "vpt_deep": {"c64d5b2d79a9": "0fc0f77d1e1c"},
     "zeroshot": {"6a9b2a6b52fa": "9725a2c0cda6"},
 }

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench.api import Param, cosine_logits, prompt_name, register_method
+from bench.api import Param, cosine_logits, fit_image_epochs, prompt_name, register_method
 from ._deep import DeepPromptMethod, optim_spec, prompt_spec
 
 GPA_45_5 = {"stanford_cars", "oxford_flowers", "fgvc_aircraft", "dtd", "eurosat"}
@@ -111,7 +111,6 @@ class PromptSRC(DeepPromptMethod):
         return F.cross_entropy(logits, batch.labels) + kl + l1_text + l1_image
 
     def fit(self, train):
-        from bench.engine.imagestream import fit_image_epochs
         from ._prompts import optim_kwargs
 
         self._text_cache.clear()

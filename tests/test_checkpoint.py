@@ -328,7 +328,7 @@ def test_preemption_while_an_epochs_view_is_encoded_saves_at_once(data_root, tin
         return real_view(self, v)
 
     monkeypatch.setattr(TrainViews, "__call__", view)
-    count = signal_at_step(monkeypatch, __import__("methods.coop", fromlist=["CoOp"]).CoOp, 0)
+    count = signal_at_step(monkeypatch, __import__("bench.methods.coop", fromlist=["CoOp"]).CoOp, 0)
     with pytest.raises(SystemExit):
         bs.RunTask()(payload)
     state = torch.load(checkpoint_path(store, config), weights_only=True)

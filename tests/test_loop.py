@@ -68,7 +68,7 @@ class DieAfter(FileCheckpointer):
 @pytest.fixture
 def counted(monkeypatch):
     """Counts PromptSRC's training steps and the training images decoded (augmentation, not the test transform)."""
-    from methods.promptsrc import PromptSRC
+    from bench.methods.promptsrc import PromptSRC
 
     counts = {"steps": 0, "decoded": 0, "hook": None}
     real_loss, real_item = PromptSRC.loss, imagestream._Images.__getitem__
@@ -135,7 +135,7 @@ def test_preemption_request_stops_image_training_at_the_step_boundary(world, ref
 
 def test_preemption_during_evaluation_does_not_retrain_an_image_method(world, reference, tmp_path, counted,
                                                                        monkeypatch):
-    from methods.promptsrc import PromptSRC
+    from bench.methods.promptsrc import PromptSRC
 
     config, store = promptsrc(world), Store(tmp_path / "s")
     ck = FileCheckpointer(tmp_path / "run.ckpt.pt")
@@ -165,7 +165,7 @@ _ONE_SIGNAL = textwrap.dedent('''
     from bench.launch import slurm as bs
     from bench.protocols import expand
     from bench.store import Store
-    from methods.promptsrc import PromptSRC
+    from bench.methods.promptsrc import PromptSRC
 
     log, where, root, ckpt, results = sys.argv[1:6]
 
@@ -231,7 +231,7 @@ def _main_pid(proc) -> str:
 _KILLED_AT_STEP = textwrap.dedent('''
     import os, signal, sys
     from bench.cli import main
-    from methods.promptsrc import PromptSRC
+    from bench.methods.promptsrc import PromptSRC
 
     steps, real = [0], PromptSRC.loss
 

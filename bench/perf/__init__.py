@@ -207,7 +207,7 @@ def measure(args) -> dict:
             out["grid_speedup"] = out["grid_cold_s"] / out["grid_warm_s"]
             out["grid_runs"] = len(args.seeds.split(","))
             out["startup_import_s"] = _wall([sys.executable, "-c", "import bench.cli, bench.engine.runner, bench.model.backbone, "
-                                             "bench.launch, methods.coop"], env)
+                                             "bench.launch, bench.methods.coop"], env)
             out["startup_help_s"] = _wall([sys.executable, "-m", "bench.cli", "run", "--help"], env)
 
         # (c) text encoder: cut vs uncut, forward + backward on n_cls prompts
