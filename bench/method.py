@@ -292,11 +292,12 @@ class Method:
         several runs costing at most the profile's ``pack_max_cost`` into one array task, and sorts the others
         most expensive first. 0 means negligible (always packed).
 
-        Default: 0 for a method that does not train (``needs_training`` False), else :meth:`train_epochs` (or a
-        ``max_epoch`` hyperparameter, or 1) × ``n_train``."""
-        if not cls.needs_training:
+        Default: :meth:`train_epochs` (or a ``max_epoch`` hyperparameter) × ``n_train``; 0 for a method that does
+        not train (``needs_training`` False) or does not train in epochs (e.g. the linear probe's convex fit on
+        cached features). Override it when training costs something else (e.g. a number of iterations)."""
+        epochs = cls.train_epochs(hparams) or hparams.get("max_epoch")
+        if not cls.needs_training or not epochs:
             return 0.0
-        epochs = cls.train_epochs(hparams) or hparams.get("max_epoch") or 1
         return float(epochs) * n_train
 
     def __init__(self, ctx: Context):

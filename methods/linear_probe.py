@@ -116,11 +116,6 @@ class LinearProbe(Method):
     def default_hparams(cls, protocol, dataset, shots):
         return {"max_iter": 1000, "search_steps": 8, "C": None, "c_search_without_val": "holdout"}
 
-    @classmethod
-    def estimated_cost(cls, hparams, n_train):
-        """Negligible next to prompt training (logistic regressions on cached features): packed with short runs."""
-        return 0.0
-
     def template_info(self) -> dict:
         return {"text": None, "classifier": "logistic regression on image features (no prompts)"}
 

@@ -216,7 +216,9 @@ def preflight(grid: list[dict], load_backbone: bool = True, device: str | None =
 
 def cmd_run(args) -> int:
     from bench.launch import launch_local
+    from bench.launch.threads import apply_threads
 
+    apply_threads()  # BENCH_THREADS: checked before any work
     grid, g = build_grid(args)
     store = _store(args)
     if args.dry_run:

@@ -13,6 +13,7 @@ from bench import log
 from bench.errors import BenchError
 from bench.fileio import atomic_open
 from bench.launch.slurm.profile import wants_gpu
+from bench.launch.threads import apply_threads
 from bench.store import Store, config_hash
 
 try:  # submitit is a dependency; the import is guarded so that `bench` works in an environment without it
@@ -148,6 +149,7 @@ class RunTask(Checkpointable):
         _STOPPING = False
         _install_requeue_fix()
         _defer_preemption_signal()
+        apply_threads()  # BENCH_THREADS from the profile's env or the submitting shell (else torch's default)
         store = Store(payload["store"])
         configs = payload["configs"]
         every = int(payload.get("checkpoint_every") or 0)
