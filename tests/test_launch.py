@@ -5,6 +5,7 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -109,6 +110,7 @@ def test_hint_when_another_process_of_this_host_shares_an_oversubscribed_cpu(wor
     (config,) = expand("fewshot", ["zeroshot"], datasets=["eurosat"], backbone=TINY, data_root=str(world["root"]))
     store = Store(tmp_path / "res")
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3)"])
+    threading.Thread(target=other.wait, daemon=True).start()  # reaped when it ends (a zombie's pid stays alive)
     path = store.claim_path(config)
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({"pid": other.pid, "host": socket.gethostname(), "time": time.time()}))
@@ -120,7 +122,6 @@ def test_hint_when_another_process_of_this_host_shares_an_oversubscribed_cpu(wor
         summary = launch_local([config], store, device="cpu")
     finally:
         torch.set_num_threads(before)
-        other.wait()
     err = capsys.readouterr().err
     assert "2 processes x 2 torch threads on 2 CPU(s)" in err and "BENCH_THREADS=1" in err
     assert summary["ran"] == 1 and store.is_complete(config)

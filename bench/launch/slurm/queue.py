@@ -16,6 +16,7 @@ from bench.errors import BenchError
 from bench.fileio import file_lock
 from bench.store import Store, config_hash, write_json_atomic
 
+
 def slurm_dir(store: Store, prof: dict | None = None) -> Path:
     """``<store>.slurm``: the registry and one log folder per submission."""
     if prof and prof.get("folder"):

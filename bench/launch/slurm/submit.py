@@ -18,6 +18,7 @@ try:  # submitit is a dependency; the import is guarded so that `bench` works in
 except ImportError:  # pragma: no cover
     submitit = None
 
+
 def make_executor(folder: Path, prof: dict):
     if submitit is None:  # pragma: no cover
         raise BenchError("submitit is not installed: pip install submitit")

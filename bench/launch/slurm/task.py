@@ -23,6 +23,7 @@ except ImportError:  # pragma: no cover
     submitit = None
     Checkpointable = object
 
+
 def checkpoint_path(store: Store, config: dict) -> Path:
     """``<store>/<method>/<dataset>/<tag>-<hash>.ckpt.pt``: beside the run's result file."""
     return store.path_for(config).with_suffix(".ckpt.pt")
