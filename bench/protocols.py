@@ -227,7 +227,7 @@ def expand(
                         raise BenchError(f"unknown hyperparameter(s) {', '.join(unknown)} for method {name}; "
                                          f"known: {', '.join(sorted(set(hp) | set(cls.hparam_spec))) or '(none)'}")
                     hp = check_hparams(name, {**hp, **overrides})
-                    epochs = hp.get("epochs")
+                    epochs = cls.train_epochs(hp)
                     n_views = _n_views(views or default_views, epochs)
                     label_extra = {}
                     if cls.needs_training and n_views != _n_views(default_views, epochs):

@@ -246,7 +246,7 @@ def test_status_without_squeue_says_unknown(world, tmp_path, monkeypatch, capsys
     store = Store(tmp_path / "s")
     bs.registry_path(store).parent.mkdir(parents=True)
     bs.registry_path(store).write_text(json.dumps({"runs": {config_hash(c): {"job_id": "5_0"}}}))
-    monkeypatch.setattr(bs.shutil, "which", lambda name: None)
+    monkeypatch.setattr("shutil.which", lambda name: None)
     assert bs.run_states([c], store)[config_hash(c)]["state"] == "unknown"
     code, out, _ = cli(capsys, "status", *base(world, tmp_path / "s"), *ZEROSHOT)
     assert code == 0 and "unknown" in out.splitlines()[0] and "queue not reachable" in out

@@ -215,12 +215,14 @@ def preflight(grid: list[dict], load_backbone: bool = True, device: str | None =
 
 
 def cmd_run(args) -> int:
-    from bench.launch import launch_local, pending
+    from bench.launch import launch_local
+    from bench.launch.threads import apply_threads
 
+    apply_threads()  # BENCH_THREADS: checked before any work
     grid, g = build_grid(args)
     store = _store(args)
     if args.dry_run:
-        todo = {id(c) for c in pending(grid, store)}
+        todo = {id(c) for c in store.pending(grid)}
         if args.json:
             from bench.store import config_hash
 

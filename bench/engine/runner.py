@@ -102,6 +102,7 @@ def environment(device: str | None = None) -> dict:
         "git_commit": commit,
         "git_dirty": dirty,
         "device": device,
+        "torch_threads": torch.get_num_threads(),  # CPU numbers depend on it in their last bits (bench.launch.threads)
         "hostname": socket.gethostname(),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "slurm_array_job_id": os.environ.get("SLURM_ARRAY_JOB_ID"),

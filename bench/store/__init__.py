@@ -218,6 +218,10 @@ class Store:
     def is_complete(self, config: dict) -> bool:
         return self.load(config) is not None
 
+    def pending(self, grid: list[dict]) -> list[dict]:
+        """The runs of ``grid`` without a complete result here (missing or failed), in grid order."""
+        return [c for c in grid if not self.is_complete(c)]
+
     def write(self, result: dict) -> Path:
         path = self.path_for(result["config"])
         write_json_atomic(path, result)
