@@ -114,7 +114,7 @@ def add_paper_rows(t: Table, ref, protocol: str, arch: str, weights: str) -> Non
         return
     covered = [t.columns[j] for j in range(len(t.columns))
                if any(r.kind == "paper" and r.cells[j].kind == "paper" for r in new_rows)]
-    if len(covered) < len(t.columns):
+    if 0 < len(covered) < len(t.columns):
         t.notes.append(f"--compare paper: published {shown_bb} numbers exist here only for {', '.join(covered)}; "
                        "the other columns have none to compare with")
     if not matched:
