@@ -114,9 +114,6 @@ def test_an_unknown_method_or_label_is_one_line_naming_it_and_what_the_store_hol
 
 
 def test_a_label_with_a_comma_is_one_label(tmp_path, capsys):
-    from bench.report import csv_list
-
-    assert csv_list("coop[epochs=2,n_ctx=4], zeroshot") == ["coop[epochs=2,n_ctx=4]", "zeroshot"]
     s = Store(tmp_path / "S")
     write(s, fewshot_grid() + expand("fewshot", ["coop"], datasets=FS, shots=[1], seeds=[1, 2],
                                      overrides={"epochs": 2, "n_ctx": 4}, backbone=TINY))
@@ -125,6 +122,9 @@ def test_a_label_with_a_comma_is_one_label(tmp_path, capsys):
     assert code == 0, err
     rows = [ln.split("|")[1].strip() for ln in out.splitlines() if ln.startswith("| coop")]
     assert rows == ["coop[epochs=2,n_ctx=4]"]
+    from bench.report import csv_list
+
+    assert csv_list("coop[epochs=2,n_ctx=4], zeroshot") == ["coop[epochs=2,n_ctx=4]", "zeroshot"]
 
 
 # ------------------------------------------------------------------------------------------ item 14
@@ -151,11 +151,6 @@ def test_an_average_is_rounded_once_half_up_from_unrounded_values():
 
 
 def test_table_and_plot_start_from_the_seeds_the_store_holds(store, tmp_path, capsys):
-    from bench.report import store_grid
-
-    held = store_grid(store.root, "fewshot")
-    assert held["seeds"] == [1, 2] and held["backbones"] == [("tiny-test", "None")]
-    assert held["datasets"] == FS and held["methods"] == [COOP, "zeroshot"]
     code, out, err = _cli(capsys, "table", "--results", store.root, "--datasets", ",".join(FS))
     assert code == 0, err
     assert "seeds" not in out.split("- ")[0].replace("± ", "")       # no 'k/n seeds' cell
@@ -164,6 +159,11 @@ def test_table_and_plot_start_from_the_seeds_the_store_holds(store, tmp_path, ca
                           "--out-dir", tmp_path / "fig", "--format", "png")
     assert code == 0, err
     assert "skipped" not in err and "nothing" not in err
+    from bench.report import store_grid   # what `bench status` can start from, too
+
+    held = store_grid(store.root, "fewshot")
+    assert held["seeds"] == [1, 2] and held["backbones"] == [("tiny-test", "None")]
+    assert held["datasets"] == FS and held["methods"] == [COOP, "zeroshot"] and held["preset"] == "coop11"
 
 
 def _figure_axes(monkeypatch, draw):
@@ -206,7 +206,8 @@ def test_methods_drawn_together_never_share_a_marker_or_colour(tmp_path, monkeyp
     user = "mine12"  # not a registered method; its hashed default marker is CoOp's
     assert default_display(user)["marker"] == get_method("coop").marker
     s = Store(tmp_path / "S")
-    grid = fewshot_grid()
+    grid = expand("fewshot", ["zeroshot"], datasets=FS, backbone=TINY) + expand(
+        "fewshot", ["coop"], datasets=FS, shots=[1, 2], seeds=[1, 2], backbone=TINY)
     mine = [{**c, "method": user, "label": user} for c in grid if c["method"] == "coop"]
     write(s, grid + mine)
     f = load_frame(s.root)
@@ -214,8 +215,9 @@ def test_methods_drawn_together_never_share_a_marker_or_colour(tmp_path, monkeyp
                                                                 ("png",)))
     looks = {ln.get_gid(): (to_hex(ln.get_color()), ln.get_marker())
              for ax in axes["fewshot"] for ln in ax.get_lines() if ln.get_gid()}
-    assert set(looks) == {"zeroshot", COOP, user}
-    assert looks[COOP][1] != looks[user][1] and looks[COOP][0] != looks[user][0]
+    assert set(looks) == {"zeroshot", "coop", user}
+    assert looks["coop"] == (get_method("coop").color.lower(), "o")      # a built-in keeps its own look
+    assert looks[user][1] != "o" and looks[user][0] != looks["coop"][0]
     assert looks["zeroshot"][1] == "*"
 
 
