@@ -42,19 +42,28 @@ def add_selection_args(p) -> None:
 
 def query_from_args(args):
     """The :class:`bench.report.Query` of the selection flags; what is not given starts from what the store
-    holds: the dataset group and the seeds (a 2-seed store is shown over its 2 seeds, said on stderr)."""
-    from bench.protocols import get_protocol, parse_int_list
+    holds (:func:`bench.report.query.store_grid`), said on stderr where it differs from the protocol's defaults:
+    the dataset group, its datasets the store holds and the seeds (a 2-seed store is shown over its 2 seeds)."""
+    from bench.protocols import default_datasets, get_protocol, parse_int_list
     from bench.report.query import Query, csv_list, store_grid
 
     proto = get_protocol(args.protocol)
     group = args.preset or getattr(args, "group", None)
     seeds = parse_int_list(args.seeds, "seeds") if args.seeds else None
-    if (group is None and not args.datasets) or seeds is None:
+    datasets = csv_list(args.datasets)
+    if group is None or not datasets or seeds is None:
         held = store_grid(args.results, args.protocol)
         if group is None and not args.datasets:  # the dataset group of what the store holds
             group = held["preset"]
             if group and group != "coop11":
                 print(f"note: the store holds {group} results: showing --preset {group}", file=sys.stderr)
+        if not datasets and not args.preset and held["datasets"]:  # the group's datasets the store holds, in order
+            every = default_datasets(args.protocol, group or "coop11")
+            have = [d for d in every if d in held["datasets"]]
+            if have and len(have) < len(every):
+                datasets = have
+                print(f"note: the store holds {args.protocol} results of {len(have)} of the {len(every)} datasets: "
+                      f"showing --datasets {','.join(have)}", file=sys.stderr)
         if seeds is None and held["seeds"] and held["seeds"] != sorted(proto.seeds):
             seeds = held["seeds"]
             print(f"note: the store holds {args.protocol} results of seeds {','.join(map(str, seeds))}: showing "
@@ -62,7 +71,7 @@ def query_from_args(args):
     return Query(
         protocol=args.protocol,
         methods=csv_list(args.methods),
-        datasets=csv_list(args.datasets),
+        datasets=datasets,
         shots=parse_int_list(args.shots, "shots") if getattr(args, "shots", None) else None,
         seeds=seeds,
         group=group or "coop11",

@@ -264,9 +264,18 @@ def _draw_fewshot_panel(ax, series, key, looks, ticks, title, bold=False) -> lis
     ax.set_xlim(xpos(ticks[0]) - 0.3, xpos(ticks[-1]) + 0.3)
     if ys_all:
         ax.set_ylim(*y_limits(min(ys_all), max(ys_all)))
+    else:
+        _no_data(ax)
     ax.set_title(title, fontweight="bold" if bold else "normal")
     ax.grid(True, alpha=0.4)
     return ys_all
+
+
+def _no_data(ax) -> None:
+    """Say so in a panel with nothing to draw (instead of an empty 0-1 axis)."""
+    ax.text(0.5, 0.5, "no complete results", transform=ax.transAxes, ha="center", va="center", color="0.45",
+            fontsize="small")
+    ax.tick_params(labelleft=False)
 
 
 def _legend_handles(series, looks):
@@ -390,7 +399,10 @@ def plot_base2new(df, q, out_dir: Path, formats=("png", "pdf")) -> list[Path]:
                         ax.errorbar(x[:2], [B, N], yerr=[bs, ns], fmt="none", ecolor="black", elinewidth=0.7,
                                     capsize=1.5)
                 ax.set_ylim(0, top)  # one origin, 0, in every panel: bar heights compare across panels
+                if not any(key in per for per in bars.values()):
+                    _no_data(ax)
                 ax.set_xticks(range(3))
+                ax.set_xlim(-0.5, 2.5)
                 ax.set_xticklabels(["Base", "New", "H"])
                 ax.set_title(title, fontweight="bold" if bold else "normal")
                 ax.grid(True, axis="y", alpha=0.4)
