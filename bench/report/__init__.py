@@ -10,7 +10,7 @@ Nothing here runs anything: it reads the store's result JSONs (one per run) and 
 * :mod:`bench.report.reference` -- the published numbers (``--compare paper``).
 * :mod:`bench.report.render` -- md | latex | csv | json.
 * :mod:`bench.report.stats` -- paired tests of two methods over datasets.
-* :mod:`bench.report.plots` -- the CoOp-style figures.
+* :mod:`bench.report.series` -- the figures' data (curves, bars); :mod:`bench.report.plots` -- the figures.
 
 The command line lives in ``bench.cli.table`` and ``bench.cli.plot``. Heavy imports (pandas, numpy, scipy,
 matplotlib) happen inside functions so that ``bench --help`` stays fast.
