@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from bench.errors import BenchError
+from bench.report.query import infer_preset  # noqa: F401 - used by cmd_status; lives below the CLI
 
 PRESETS = {
     # The CoOp papers' setting: ViT-B/16 with OpenAI's weights on the 11 datasets (the default).
@@ -45,29 +46,6 @@ class DeprecatedAlias(argparse.Action):
 
 def print_json(obj) -> None:
     print(json.dumps(obj, indent=2, default=str))
-
-
-def infer_preset(results: str | None, protocol: str | None = None) -> str | None:
-    """'mini' when the store holds only results of the miniature world's datasets, 'coop11' when it holds
-    results of other datasets, None when it is empty (table/plot/status without --preset)."""
-    from bench.data import get_spec
-    from bench.store import Store
-
-    store = Store(results) if results else Store()
-    if not store.root.is_dir():
-        return None
-    groups = set()
-    for r in store.all_results():
-        c = r.get("config") or {}
-        if protocol and c.get("protocol") != protocol:
-            continue
-        try:
-            groups.add(get_spec(c["train"]["dataset"]).group)
-        except Exception:  # noqa: BLE001 - hand-made results of unknown datasets
-            groups.add("other")
-    if not groups:
-        return None
-    return "mini" if groups <= {"mini", "mini_variant"} else "coop11"
 
 
 def _csv(text: str | None) -> list[str] | None:
@@ -569,7 +547,7 @@ _EXTRA_COMMANDS: list = []
 def _register_extras() -> None:
     import importlib
 
-    for mod in ("bench.report", "bench.report.plots", "bench.perf", "bench.cli.demo"):
+    for mod in ("bench.cli.table", "bench.cli.plot", "bench.perf", "bench.cli.demo"):
         try:
             m = importlib.import_module(mod)
         except ModuleNotFoundError as e:
