@@ -599,7 +599,7 @@ def test_plot_series_average_band_is_std_over_seeds_of_per_seed_averages(world, 
             if r["config"]["protocol"] == "fewshot" and r["config"]["label"] == COOP
             and r["config"]["train"]["shots"] == 2 and r["config"]["train"]["seed"] == s))
     assert pts[2][0] == pytest.approx(np.mean(per_seed)) and pts[2][1] == pytest.approx(np.std(per_seed))
-    assert d["series"]["zeroshot"]["zeroshot"] is True
+    assert d["series"]["zeroshot"]["seedless"] is True
 
 
 def test_bench_help_stays_light():

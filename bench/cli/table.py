@@ -90,7 +90,7 @@ def cmd_table(args) -> int:
     if args.test:
         names = csv_list(args.test) or []
         if len(names) != 2:
-            raise BenchError(f"--test needs exactly two methods (got {len(names)}): --test coop linear_probe")
+            raise BenchError(f"--test needs exactly two methods (got {len(names)}), e.g. --test METHOD_A,METHOD_B")
         res = paired_tests(df, names[0], names[1], protocol=q.protocol, stat=args.stat, seeds=q.seeds,
                            datasets=q.datasets if q.protocol in ("fewshot", "base2new") else None, shots=q.shots,
                            metric=q.metric, alpha=args.alpha)

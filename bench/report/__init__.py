@@ -6,7 +6,7 @@ Nothing here runs anything: it reads the store's result JSONs (one per run) and 
 * :mod:`bench.report.frame` -- the tidy frame (one row per run and test set), the seed aggregation and the one
   select-and-aggregate step of tables and figures.
 * :mod:`bench.report.looks` -- display names and each method's colour, marker, line style and order.
-* :mod:`bench.report.tables` -- the table model and each protocol's table.
+* :mod:`bench.report.cells` -- the table model; :mod:`bench.report.tables` -- each protocol's table.
 * :mod:`bench.report.reference` -- the published numbers (``--compare paper``).
 * :mod:`bench.report.render` -- md | latex | csv | json.
 * :mod:`bench.report.stats` -- paired tests of two methods over datasets.
@@ -25,7 +25,8 @@ from bench.report.query import Query, csv_list, expected_datasets, infer_preset,
 from bench.report.reference import add_paper_rows, load_reference, paper_backbone, reference_dir
 from bench.report.render import FORMATS, render, render_csv, render_json, render_latex, render_md, table_records
 from bench.report.stats import _one_test, format_test, paired_test, paired_tests, tests_json
-from bench.report.tables import FLAG, Cell, Row, Table, build_tables, fixed, flag_noted_rows
+from bench.report.cells import FLAG, Cell, Row, Table, fixed
+from bench.report.tables import build_tables, flag_noted_rows
 
 __all__ = [
     "FLAG", "FORMATS", "FRAME_COLUMNS", "KEY", "METRICS", "Cell", "Query", "Row", "Selection", "Table",

@@ -48,7 +48,7 @@ def method_look(label: str) -> dict:
     return look
 
 
-def distinct_looks(labels, zeroshot=()) -> dict:
+def distinct_looks(labels, seedless=()) -> dict:
     """label -> look (:func:`method_look`) for labels drawn together, with no two sharing a marker or a colour:
     in ``labels``' order, a label whose marker (colour) is already taken gets the first free one of the
     defaults. Zero-shot labels (drawn as a star) keep the star and their colour is reserved first."""
@@ -56,12 +56,12 @@ def distinct_looks(labels, zeroshot=()) -> dict:
 
     labels = list(labels)
     looks = {lb: dict(method_look(lb)) for lb in labels}
-    used_m = {ZERO_SHOT_MARKER} if zeroshot else set()
+    used_m = {ZERO_SHOT_MARKER} if seedless else set()
     used_c: set = set()
-    order = [lb for lb in labels if lb in zeroshot] + [lb for lb in labels if lb not in zeroshot]
+    order = [lb for lb in labels if lb in seedless] + [lb for lb in labels if lb not in seedless]
     for lb in order:
         look = looks[lb]
-        if lb not in zeroshot:
+        if lb not in seedless:
             if look["marker"] in used_m:
                 look["marker"] = next((m for m in DEFAULT_MARKERS if m not in used_m), look["marker"])
             used_m.add(look["marker"])

@@ -74,12 +74,12 @@ def _mpl():
     return plt, sns
 
 
-def styles(labels, zeroshot=()) -> dict:
+def styles(labels, seedless=()) -> dict:
     """label -> {display_name, color, marker, linestyle, order}: the method class's look, made distinct among
     the labels drawn together (:func:`bench.report.looks.distinct_looks`)."""
     from bench.report.looks import distinct_looks
 
-    return distinct_looks(labels, zeroshot)
+    return distinct_looks(labels, seedless)
 
 
 def grid_shape(n: int, max_cols: int = 4) -> tuple[int, int]:
@@ -135,7 +135,7 @@ def _draw_fewshot_panel(ax, series, key, looks, ticks, title, bold=False) -> lis
             continue
         look = looks[label]
         c = look["color"]
-        if s["zeroshot"]:
+        if s["seedless"]:
             y = pts[0][1]
             ax.axhline(y, color=c, linestyle="--", linewidth=1.0, alpha=0.8)
             ax.plot([0], [y], marker="*", markersize=10, color=c, linestyle="none", zorder=5, clip_on=False, gid=label)
@@ -174,7 +174,7 @@ def _legend_handles(series, looks):
     handles, names = [], []
     for label, s in series.items():
         look = looks[label]
-        if s["zeroshot"]:
+        if s["seedless"]:
             h = Line2D([0], [0], color=look["color"], linestyle="--", marker="*", markersize=9)
         else:
             h = Line2D([0], [0], color=look["color"], linestyle=look["linestyle"], marker=look["marker"],
@@ -211,14 +211,14 @@ def plot_fewshot(df, q, out_dir: Path, formats=("png", "pdf")) -> list[Path]:
             _warn(f"[{arch}] skipped incomplete point: {s}")
         series = {lb: s for lb, s in d["series"].items()
                   if any(m == m for pts in s["points"].values() for _, m, _ in pts)}
-        if not any(not s["zeroshot"] for s in series.values()):
+        if not any(not s["seedless"] for s in series.values()):
             have = ",".join(map(str, d["found_seeds"])) or "none"
             _warn(f"[{arch}] nothing but zero-shot to draw: no trained method has every seed of "
                   f"{','.join(map(str, d['seeds']))} (seeds in the store: {have}; pass --seeds)")
             continue
         present = sorted({k for s in series.values() for pts in s["points"].values() for k, m, _ in pts if m == m})
         ticks = shot_ticks(present)
-        looks = styles(series, {lb for lb, s in series.items() if s["zeroshot"]})
+        looks = styles(series, {lb for lb, s in series.items() if s["seedless"]})
         suffix = "" if len(data) == 1 else "-" + _slug(arch)
         dsets = d["datasets"]
         avg_title = f"Average over {len(dsets)} datasets"

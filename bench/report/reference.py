@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.errors import BenchError
-from bench.report.tables import Cell, Row, Table
+from bench.report.cells import Cell, Row, Table
 
 STATUS_NOTES = {
     "RECALLED": "† RECALLED: the paper's number as commonly quoted, not seen verbatim in a repository file "

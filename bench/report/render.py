@@ -4,7 +4,7 @@ with mean, std, n_seeds and the best / incomplete flags, see :func:`table_record
 from __future__ import annotations
 
 from bench.errors import BenchError
-from bench.report.tables import Table
+from bench.report.cells import Table
 
 FORMATS = ("md", "csv", "json", "latex")
 

@@ -11,7 +11,7 @@ def _lookup(recs, k, d, eval_name):
 
 
 def fewshot_series(df, q) -> dict:
-    """{(arch, weights): {"datasets": [...], "series": {label: {"zeroshot": bool,
+    """{(arch, weights): {"datasets": [...], "series": {label: {"seedless": bool,
     "points": {dataset | "average": [(shots, mean, std)]}}}, "skipped": [...]}} from complete cells only
     (the selection of :func:`bench.report.frame.select`, as the tables).
 
@@ -59,7 +59,7 @@ def fewshot_series(df, q) -> dict:
                     points["average"].append((k, float(per_seed.mean()), float(per_seed.std(ddof=0))))
                 elif not zs:
                     points["average"].append((k, float("nan"), float("nan")))
-            series[label] = {"zeroshot": zs, "points": points}
+            series[label] = {"seedless": zs, "points": points}
         out[(sel.arch, sel.weights)] = {"datasets": dsets, "series": series, "skipped": skipped, "seeds": seeds,
                                         "found_seeds": sorted({int(s) for s in raw["seed"].dropna()})}
     return out

@@ -37,7 +37,6 @@ def paired_tests(df, a: str, b: str, *, protocol: str = "fewshot", stat: str = "
     out. Each result holds test, n (= number of datasets), statistic, pvalue, mean_diff (a - b), a bootstrap
     confidence interval of the mean difference (``scipy.stats.bootstrap``, BCa, 1 - alpha), verdict and
     the pairs frame."""
-    import numpy as np
     import pandas as pd
 
     from bench.protocols import get_protocol
