@@ -355,7 +355,7 @@ def test_write_and_read_sample(fewshot_splits, tmp_path):
     assert path == data.sample_file("dtd", 4, 2) == tmp_path / "cache" / "samples" / "dtd" / "shot_4-seed_2.json"
     assert [p.name for p in path.parent.iterdir()] == ["shot_4-seed_2.json"]  # no temp file left
     raw = json.loads(path.read_text())
-    assert set(raw) == {"dataset", "shots", "seed", "train", "val"}
+    assert set(raw) == {"dataset", "data", "shots", "seed", "train", "val"} and raw["data"] == data.fingerprint(sp)
     assert (raw["dataset"], raw["shots"], raw["seed"]) == ("dtd", 4, 2)
     assert all(not os.path.isabs(p) and p.startswith("images/") and (sp.root / p).is_file()
                for p, _, _ in raw["train"] + raw["val"])

@@ -29,6 +29,7 @@ Everything here follows docs/protocol.md §1-§3 (and §10 for the deliberate di
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -293,6 +294,32 @@ def load_splits(spec_or_key: str | DatasetSpec, data_root: str | Path) -> Splits
         where = e.filename or root
         raise BenchError(f"dataset {spec.key}: cannot read {where}: {e.strerror or type(e).__name__}") from None
     return Splits(spec=spec, root=root, train=train, val=val, test=test, classnames=classnames)
+
+
+_FINGERPRINTS: dict[tuple[str, str], str] = {}
+
+
+def fingerprint(splits: Splits) -> str:
+    """What identifies the data a run reads, independent of where it lives: a digest of the class list and of
+    every split's items (paths relative to the dataset root, labels, class names) as :func:`load_splits` read
+    them: the split file's content, or the sorted folder listing that defines ImageNet's and its variants'
+    splits. No image is read. Cached per (dataset, dataset folder) for the process."""
+    key = (splits.spec.key, str(Path(splits.root).resolve()))
+    if key not in _FINGERPRINTS:
+        h = hashlib.sha256(json.dumps(splits.classnames, ensure_ascii=False).encode())
+        for s in SPLITS:
+            h.update(f"\n{s}".encode())
+            for it in getattr(splits, s):
+                h.update(("\n" + json.dumps(it.as_list(), ensure_ascii=False)).encode())
+        _FINGERPRINTS[key] = "sha256:" + h.hexdigest()[:16]
+    return _FINGERPRINTS[key]
+
+
+def data_fingerprint(spec_or_key: str | DatasetSpec, data_root: str | Path) -> str:
+    """:func:`fingerprint` of a dataset below ``data_root`` (read once per process; BenchError when unreadable)."""
+    spec = get_spec(spec_or_key)
+    hit = _FINGERPRINTS.get((spec.key, str(_root_of(spec, data_root).resolve())))
+    return hit or fingerprint(load_splits(spec, data_root))
 
 
 def require_train_images(splits: Splits) -> None:
@@ -646,11 +673,12 @@ def _items_json(items: list[Item]) -> str:
 
 
 def write_sample(splits: Splits, shots: int, seed: int, path: Path | str | None = None) -> Path:
-    """Sample (``fewshot_sample``) and store as JSON with paths relative to the dataset root (atomic).
-    Returns the file (default :func:`sample_file`)."""
+    """Sample (``fewshot_sample``) and store as JSON with paths relative to the dataset root and the data's
+    :func:`fingerprint` (atomic). Returns the file (default :func:`sample_file`)."""
     sample = fewshot_sample(splits, shots, seed)
     path = Path(path) if path else sample_file(splits.spec.key, shots, seed)
-    text = ("{\n" f'  "dataset": {json.dumps(splits.spec.key)},\n  "shots": {shots},\n  "seed": {seed},\n'
+    text = ("{\n" f'  "dataset": {json.dumps(splits.spec.key)},\n  "data": {json.dumps(fingerprint(splits))},\n'
+            f'  "shots": {shots},\n  "seed": {seed},\n'
             f'  "train": {_items_json(sample["train"])},\n  "val": {_items_json(sample["val"])}\n' "}\n")
     _atomic_write_text(path, text)
     return path
@@ -658,12 +686,13 @@ def write_sample(splits: Splits, shots: int, seed: int, path: Path | str | None 
 
 def read_sample(path: Path | str, splits: Splits | None = None, shots: int | None = None,
                 seed: int | None = None) -> dict[str, Any]:
-    """Read a sample file: ``{"dataset", "shots", "seed", "train": [Item], "val": [Item]}``. With
+    """Read a sample file: ``{"dataset", "data", "shots", "seed", "train": [Item], "val": [Item]}`` (``data``:
+    the fingerprint of the data it was drawn from; None in a file of older code). With
     ``splits`` (and/or shots/seed) it is checked against them: a stale file raises BenchError."""
     path = Path(path)
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
-        out = {"dataset": d["dataset"], "shots": d["shots"], "seed": d["seed"],
+        out = {"dataset": d["dataset"], "data": d.get("data"), "shots": d["shots"], "seed": d["seed"],
                "train": [Item(str(p), int(y), str(c)) for p, y, c in d["train"]],
                "val": [Item(str(p), int(y), str(c)) for p, y, c in d.get("val") or []]}
     except FileNotFoundError:
@@ -685,12 +714,20 @@ def read_sample(path: Path | str, splits: Splits | None = None, shots: int | Non
     return out
 
 
-def get_sample(splits: Splits, shots: int, seed: int) -> dict[str, list[Item]]:
-    """The stored sample for (dataset, K, seed), written on first use (like the reference's pickles)."""
+def record_sample(splits: Splits, shots: int, seed: int) -> Path:
+    """The sample record of (dataset, K, seed) for these data: written on first use (like the reference's
+    pickles) and drawn again when the stored one was drawn from other data (another fingerprint, or none)."""
     path = sample_file(splits.spec.key, shots, seed)
-    if not path.is_file():
-        write_sample(splits, shots, seed, path)
-    s = read_sample(path, splits=splits, shots=shots, seed=seed)
+    try:
+        current = path.is_file() and read_sample(path)["data"] == fingerprint(splits)
+    except BenchError:
+        current = False
+    return path if current else write_sample(splits, shots, seed, path)
+
+
+def get_sample(splits: Splits, shots: int, seed: int) -> dict[str, list[Item]]:
+    """The stored sample for (dataset, K, seed) of these data (:func:`record_sample`)."""
+    s = read_sample(record_sample(splits, shots, seed), splits=splits, shots=shots, seed=seed)
     return {"train": s["train"], "val": s["val"]}
 
 

@@ -133,7 +133,7 @@ def _on_device(view, dev):
 
 def build_train_data(config: dict, backbone, cache: FeatureCache, data_root):
     """Few-shot sample (the suite's shared, reference-identical picks) -> class subsample -> cached features."""
-    from bench.data import fewshot_sample, load_splits, sample_file, subsample_classes, write_sample
+    from bench.data import fewshot_sample, load_splits, record_sample, subsample_classes
 
     from bench.data import require_train_images
 
@@ -141,8 +141,7 @@ def build_train_data(config: dict, backbone, cache: FeatureCache, data_root):
     splits = load_splits(tr["dataset"], data_root)
     require_train_images(splits)
     sample = fewshot_sample(splits, tr["shots"], tr["seed"])
-    if not sample_file(tr["dataset"], tr["shots"], tr["seed"]).is_file():
-        write_sample(splits, tr["shots"], tr["seed"])  # the record users can diff against the reference's picks
+    record_sample(splits, tr["shots"], tr["seed"])  # the record users can diff against the reference's picks
     train, val, _, names = subsample_classes(sample["train"], sample["val"], [], tr["classes"])
     root = splits.root
     paths = [it.path for it in train]

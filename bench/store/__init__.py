@@ -61,6 +61,16 @@ def _changed_template(config: dict) -> str | None:
     return None
 
 
+def legacy_fallback(store: "Store", config: dict) -> dict:
+    """``config``, or its form without the data fingerprint (``data``) when no result is stored at its hash but
+    one is at that form's hash: a result written by code before fingerprints, counted as found (there is
+    nothing to verify its data against)."""
+    legacy = {k: v for k, v in config.items() if k != "data"}
+    if len(legacy) < len(config) and not store.path_for(config).exists() and store.path_for(legacy).exists():
+        return legacy
+    return config
+
+
 class StoreError(BenchError):
     """The results store cannot be written: nothing more can be stored, so the grid stops (results kept)."""
 
@@ -205,6 +215,7 @@ class Store:
 
     def load(self, config: dict) -> dict | None:
         """The complete result of this run, or None (an invalid file is reported once, by path, and not used)."""
+        config = legacy_fallback(self, config)
         path = self.path_for(config)
         if not path.exists():
             return None
