@@ -3,6 +3,7 @@ another split) is never reused for the real data, while results stay portable ac
 stored by code before data fingerprints are still found complete."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -61,6 +62,12 @@ def test_a_result_of_other_data_is_not_reused(roots, tiny_ckpt, tmp_path):
         top1[name] = {r["config"]["data"]["dtd"]: r["metrics"]["dtd"]["top1"] for r in results}
     real_fp = _config(roots["real"])["data"]["dtd"]
     assert len(top1["mixed"]) == 2 and top1["mixed"][real_fp] == top1["alone"][real_fp]
+    # without a data root (no fingerprint to plan with) `bench status` counts a result of the run on any data
+    env = {k: v for k, v in os.environ.items() if k != "BENCH_DATA"}
+    done = subprocess.run([sys.executable, "-m", "bench.cli", "status", *RUN, "--pretrained", str(tiny_ckpt),
+                           "--results", str(tmp_path / "alone")], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert [ln.split()[-3:] for ln in done.stdout.splitlines() if "coop" in ln] == [["1", "0", "0"]], done.stdout
 
 
 def test_identity_is_portable_across_data_root_paths(roots, tmp_path):
