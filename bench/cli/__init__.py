@@ -116,11 +116,13 @@ def resolve_grid_args(args) -> dict:
         if args.pretrained:
             raise BenchError(f"{backbone} brings its own weights from the Hugging Face Hub: leave out --pretrained")
         pretrained = "hf-hub"
-    data_root = args.data_root or os.environ.get("BENCH_DATA")
+    from bench.data import resolve_data_root
+
+    data_root = resolve_data_root(args.data_root)
     if args.preset == "mini" and not args.data_root:
         from bench.mini.build import ensure_data
 
-        data_root = str(ensure_data())
+        data_root = resolve_data_root(ensure_data())
     arch, _ = resolve_arch(backbone, pretrained)
     sweep = parse_sweep(args.overrides)  # expanded before any validation: each set is checked on its own
     return {
@@ -136,7 +138,7 @@ def resolve_grid_args(args) -> dict:
         "precision": args.precision,
         "views": args.views,
         "default_views": preset.get("views"),
-        "data_root": str(Path(data_root).expanduser().resolve()) if data_root else None,
+        "data_root": data_root,
     }
 
 
@@ -347,11 +349,9 @@ def cmd_list(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from bench.data import check_dataset, get_spec, list_specs, load_splits, write_sample
+    from bench.data import check_dataset, get_spec, list_specs, load_splits, resolve_data_root, write_sample
 
-    data_root = args.data_root or os.environ.get("BENCH_DATA")
-    if not data_root:
-        raise BenchError("no data root: pass --data-root DIR (or set BENCH_DATA)")
+    data_root = resolve_data_root(args.data_root, required=True)
     if args.data_cmd == "check":
         keys = _csv(args.datasets)
         specs = [get_spec(k) for k in keys] if keys else [s for s in list_specs() if s.group in ("coop11", "imagenet_variant")]

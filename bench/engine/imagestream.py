@@ -220,13 +220,12 @@ class ImageTrainData:
 
 def build_image_train_data(config: dict, backbone, data_root, workers: int | None = None):
     """Few-shot sample (the suite's shared picks) -> class subsample -> an :class:`ImageTrainData`."""
-    from bench.data import fewshot_sample, load_splits, sample_file, subsample_classes, write_sample
+    from bench.data import fewshot_sample, load_splits, record_sample, subsample_classes
 
     tr = config["train"]
     splits = load_splits(tr["dataset"], data_root)
     sample = fewshot_sample(splits, tr["shots"], tr["seed"])
-    if not sample_file(tr["dataset"], tr["shots"], tr["seed"]).is_file():
-        write_sample(splits, tr["shots"], tr["seed"])
+    record_sample(splits, tr["shots"], tr["seed"])
     train, _, _, names = subsample_classes(sample["train"], sample["val"], [], tr["classes"])
     data = ImageTrainData(root=Path(splits.root), relpaths=[it.path for it in train],
                           labels=torch.tensor([it.label for it in train], dtype=torch.long), backbone=backbone,

@@ -134,7 +134,7 @@ def _on_device(view, dev):
 
 def build_train_data(config: dict, backbone, cache: FeatureCache, data_root):
     """Few-shot sample (the suite's shared, reference-identical picks) -> class subsample -> cached features."""
-    from bench.data import fewshot_sample, load_splits, sample_file, subsample_classes, write_sample
+    from bench.data import fewshot_sample, load_splits, record_sample, subsample_classes
 
     from bench.data import require_train_images
 
@@ -142,8 +142,7 @@ def build_train_data(config: dict, backbone, cache: FeatureCache, data_root):
     splits = load_splits(tr["dataset"], data_root)
     require_train_images(splits)
     sample = fewshot_sample(splits, tr["shots"], tr["seed"])
-    if not sample_file(tr["dataset"], tr["shots"], tr["seed"]).is_file():
-        write_sample(splits, tr["shots"], tr["seed"])  # the record users can diff against the reference's picks
+    record_sample(splits, tr["shots"], tr["seed"])  # the record users can diff against the reference's picks
     train, val, _, names = subsample_classes(sample["train"], sample["val"], [], tr["classes"])
     root = splits.root
     paths = [it.path for it in train]
@@ -205,16 +204,14 @@ def label_space(config: dict, data_root) -> list[str]:
 def execute(config: dict, store: Store | None = None, checkpointer: Checkpointer | None = None,
             checkpoint_every: int = 0, device: str | None = None) -> dict:
     """Run one config end to end and write its result; returns the result (or the stored one if complete)."""
-    from bench.data import get_spec
+    from bench.data import get_spec, resolve_data_root
     from bench.registry import code_version, get_method
 
     store = store or Store()
     done = store.load(config)
     if done is not None:
         return done
-    data_root = config.get("data_root")
-    if not data_root:
-        raise BenchError("no data root: pass --data-root DIR (or set BENCH_DATA)")
+    data_root = resolve_data_root(config.get("data_root"), environ=False, required=True)
     cls = get_method(config["method"])
     if config.get("code", code_version(cls)) != code_version(cls):  # e.g. a queued SLURM task after an edit
         raise BenchError(f"the code of method {config['method']} changed since this run was planned: run "

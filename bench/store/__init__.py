@@ -61,6 +61,27 @@ def _changed_template(config: dict) -> str | None:
     return None
 
 
+def legacy_fallback(store: "Store", config: dict) -> dict:
+    """The config whose stored result stands for ``config`` when none is stored at its own hash (else ``config``).
+
+    With a data fingerprint (``data``): the same config without it, a result written by code before fingerprints
+    (counted: there is nothing to verify its data against). Without one (no data root given, e.g. `bench status`
+    without --data-root): a complete result of this run on any data."""
+    path = store.path_for(config)
+    if path.exists():
+        return config
+    if "data" in config:
+        legacy = {k: v for k, v in config.items() if k != "data"}
+        return legacy if store.path_for(legacy).exists() else config
+    want = config_hash(config)
+    for other in sorted(path.parent.glob(path.name.rsplit("-", 1)[0] + "-*.json")):
+        data = store._read(other) if not other.name.endswith(".failed.json") else None
+        cfg = data.get("config") if isinstance(data, dict) and data.get("status") == "complete" else None
+        if isinstance(cfg, dict) and "data" in cfg and config_hash({k: v for k, v in cfg.items() if k != "data"}) == want:
+            return cfg
+    return config
+
+
 class StoreError(BenchError):
     """The results store cannot be written: nothing more can be stored, so the grid stops (results kept)."""
 
@@ -205,6 +226,7 @@ class Store:
 
     def load(self, config: dict) -> dict | None:
         """The complete result of this run, or None (an invalid file is reported once, by path, and not used)."""
+        config = legacy_fallback(self, config)
         path = self.path_for(config)
         if not path.exists():
             return None
