@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bench.errors import BenchError
+from bench.store import method_label
 
 # Dataset groups: the CoOp papers' 11 datasets, and the project's miniature world.
 GROUPS = ("coop11", "mini")
@@ -163,12 +164,6 @@ def parse_sweep(pairs: list[str] | None) -> list[dict]:
             keys.append(key)
             choices.append(values)
     return [dict(zip(keys, combo)) for combo in itertools.product(*choices)] or [{}]
-
-
-def method_label(method: str, overrides: dict) -> str:
-    if not overrides:
-        return method
-    return method + "[" + ",".join(f"{k}={v}" for k, v in sorted(overrides.items())) + "]"
 
 
 def _n_views(views: int | None, epochs) -> int | None:

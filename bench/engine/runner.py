@@ -22,7 +22,7 @@ from bench.errors import BenchError
 from bench.features import FeatureCache
 from bench.method import Checkpointer, Context, TrainData, Unsupported
 from bench.paths import in_checkout, repo_root
-from bench.store import Store, config_hash
+from bench.store import Store, config_hash, eval_name
 from bench.engine.loop import deterministic_cuda
 
 _BACKBONES: dict = {}
@@ -216,6 +216,11 @@ def execute(config: dict, store: Store | None = None, checkpointer: Checkpointer
     if config.get("code", code_version(cls)) != code_version(cls):  # e.g. a queued SLURM task after an edit
         raise BenchError(f"the code of method {config['method']} changed since this run was planned: run "
                          f"`bench run` again to plan it with the current code")
+    for ev in config["evals"]:  # an evaluation over no images has no accuracy: refuse before any work
+        if not _split_for(data_root, ev["dataset"], ev["classes"])[1]:
+            which = "" if ev["classes"] == "all" else f" ({ev['classes']} classes)"
+            raise BenchError(f"dataset {ev['dataset']}: its test split{which} holds no images under "
+                             f"{data_root}; nothing to evaluate (`bench data check` lists each split)")
     t0 = time.time()
     determinism = deterministic_cuda() if str(device or default_device()).startswith("cuda") else None
     backbone, cache = get_backbone(config["backbone"], config.get("precision", "auto"), device)
@@ -250,7 +255,7 @@ def execute(config: dict, store: Store | None = None, checkpointer: Checkpointer
     evaluations = {}
     t_eval = time.time()
     for ev in config["evals"]:
-        name = ev["dataset"] if ev["classes"] == "all" else f"{ev['dataset']}:{ev['classes']}"
+        name = eval_name(ev)
         root, items, names = _split_for(data_root, ev["dataset"], ev["classes"])
         labels = torch.tensor([it.label for it in items], dtype=torch.long)
         with ctx.evaluating(ev["dataset"]):  # hand-crafted prompts: the evaluated dataset's template

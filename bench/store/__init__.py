@@ -90,6 +90,31 @@ def _is_number(x) -> bool:
     return isinstance(x, Real) and not isinstance(x, bool)
 
 
+def eval_name(ev: dict) -> str:
+    """The key of one evaluation in a result's metrics: the dataset, or ``dataset:base`` / ``dataset:new``."""
+    return ev["dataset"] if ev.get("classes", "all") == "all" else f"{ev['dataset']}:{ev['classes']}"
+
+
+def method_label(method: str, overrides: dict) -> str:
+    """A run's label: the method, with the hyperparameters set on the command line, e.g. ``coop[epochs=2]``."""
+    if not overrides:
+        return method
+    return method + "[" + ",".join(f"{k}={v}" for k, v in sorted(overrides.items())) + "]"
+
+
+def derived_label(cfg: dict) -> str:
+    """The label a result is shown under, from its hashed config (the stored ``label`` is not hashed, so a
+    hand-edited one must not move a run to another row): the stored label when the config's method and overrides
+    (and its views) give it, else the method with its overrides."""
+    method, overrides = cfg.get("method", ""), cfg.get("overrides") or {}
+    if not isinstance(overrides, dict):
+        overrides = {}
+    allowed = {method_label(method, overrides)}
+    if cfg.get("views") is not None:
+        allowed.add(method_label(method, {**overrides, "views": cfg["views"]}))
+    return cfg["label"] if cfg.get("label") in allowed else method_label(method, overrides)
+
+
 def result_problem(data, config: dict | None = None) -> str | None:
     """Why ``data`` (a parsed result file) is not a valid complete result, or None when it is one."""
     if not isinstance(data, dict):
@@ -115,14 +140,23 @@ def result_problem(data, config: dict | None = None) -> str | None:
     metrics = data.get("metrics")
     if not isinstance(metrics, dict):
         return "metrics is not an object"
+    evals = cfg.get("evals")
+    if evals is not None:  # every evaluation the run was asked for, and nothing else
+        if not isinstance(evals, list) or not all(isinstance(e, dict) and "dataset" in e for e in evals):
+            return "config.evals is not a list of evaluations"
+        want = [eval_name(e) for e in evals]
+        missing, extra = [n for n in want if n not in metrics], sorted(set(metrics) - set(want))
+        if missing or extra:
+            return (f"metrics for {', '.join(missing)} missing" if missing else
+                    f"metrics for {', '.join(extra)}, which the run was not asked to evaluate")
     for name, m in metrics.items():
         if not isinstance(m, dict):
             return f"metrics[{name!r}] is not an object"
         top1 = m.get("top1")
         if top1 is None and "unsupported" not in m:
             return f"metrics[{name!r}] has no top1"
-        if top1 is not None and (not _is_number(top1) or not (0 <= top1 <= 100 or math.isnan(top1))):
-            return f"metrics[{name!r}].top1 is not a percentage"
+        if top1 is not None and (not _is_number(top1) or not 0 <= top1 <= 100):  # NaN fails both comparisons
+            return f"metrics[{name!r}].top1 is not a percentage ({top1!r})"
         if m.get("macro_f1") is not None and not _is_number(m["macro_f1"]):
             return f"metrics[{name!r}].macro_f1 is not a number"
         pc = m.get("per_class")
@@ -276,6 +310,7 @@ class Store:
             data = self._read(path)
             why = "not readable JSON" if data is None else result_problem(data)
             if why is None:
+                data["config"]["label"] = derived_label(data["config"])
                 out.append(data)
             else:
                 _report_invalid(path, why)
