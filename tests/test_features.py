@@ -224,9 +224,17 @@ def test_a_claim_of_a_killed_process_is_taken_over_at_once(tmp_path, tiny_ckpt):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     folder = cache.base() / "claims"
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "x.claim").write_text(f"{socket.gethostname()} {int(dead.stdout)}\n")
+    path = folder / "x.claim"
+    path.write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(), "time": 0}))
     claim = cache._claim("x")
-    assert claim is not None and claim.read_text().split() == [socket.gethostname(), str(os.getpid())]
+    assert claim is not None and json.loads(path.read_text())["pid"] == os.getpid()
     assert cache._claim("x") is None  # held by a live process (this one): wait
-    claim.write_text(f"another-host {int(dead.stdout)}\n")
+    path.write_text(json.dumps({"pid": int(dead.stdout), "host": "another-host", "time": 0}))
     assert cache._claim("x") is None  # another host's process cannot be checked: only age frees it
+    past = time.time() - 3600
+    os.utime(path, (past, past))
+    again = cache._claim("x")  # ... not refreshed for an hour: abandoned
+    assert again is not None
+    again.release()
+    claim.release()
+    assert not path.exists()

@@ -26,9 +26,8 @@ Storage and concurrency (no file locks needed; safe on NFS/Lustre where ``flock`
 a bank is a folder of immutable segment files, each written to a temporary file and renamed into place (a torn
 read is impossible) and holding a sha256 checksum of its keys and features, verified on load (a corrupt, zeroed
 or non-finite segment is deleted and recomputed). Concurrent writers add segments; duplicates are harmless.
-Before encoding, a process claims the missing set with an exclusive-create marker (``O_CREAT|O_EXCL``); another
-process needing the same set waits for it instead of encoding it twice (a claim not refreshed for
-``CLAIM_STALE_S`` is taken over). Temporary files of killed writers older than ``STALE_TMP_S`` are removed.
+Before encoding, a process claims the missing set (:mod:`bench.claims`, the results store's protocol too); another
+process needing the same set waits for it instead of encoding it twice (an abandoned claim is taken over). Temporary files of killed writers older than ``STALE_TMP_S`` are removed.
 
 Memory. Banks read in this process are kept in an LRU store bounded by ``memory_mb`` (default 2048, or
 ``$BENCH_FEATURE_MEMORY_MB``); evicted banks are read back from disk when needed again.
@@ -41,7 +40,6 @@ import hashlib
 import json
 import math
 import os
-import socket
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -50,15 +48,13 @@ from typing import Sequence
 import torch
 from PIL import Image
 
-from bench import log
+from bench import claims, log
 from bench.errors import BenchError
 from bench.fileio import atomic_open
 from bench.paths import cache_dir
 
 FORMAT = 2                 # bumped whenever what a key means changes
 STALE_TMP_S = 3600.0       # temporary files older than this belong to killed writers
-CLAIM_STALE_S = 300.0      # a claim marker not refreshed for this long belongs to a dead process
-CLAIM_REFRESH_S = 15.0
 VIEWS_PER_ITEM = 16        # views drawn per decoded image per DataLoader item (bounds worker memory)
 
 
@@ -196,19 +192,6 @@ def _segment_problem(data) -> str:
     if len(keys) and bool((feats == 0).all(dim=1).any()):
         return "all-zero feature rows"
     return ""
-
-
-def _dead_local_holder(holder: list[str]) -> bool:
-    """True when a claim's "<host> <pid>" names a process of this host that no longer exists."""
-    if len(holder) != 2 or holder[0] != socket.gethostname() or not holder[1].isdigit():
-        return False
-    try:
-        os.kill(int(holder[1]), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
 
 
 def _clean_stale(folder: Path, now: float | None = None) -> None:
@@ -503,47 +486,16 @@ class FeatureCache:
                     waiting = True
                 time.sleep(0.5)
                 continue
-            try:
-                self._encode(root, relpaths, keys, todo, seed, claim)
-            finally:
-                try:
-                    os.unlink(claim)
-                except FileNotFoundError:
-                    pass
+            with claim:  # refreshed by its heartbeat while encoding; released however encoding ends
+                self._encode(root, relpaths, keys, todo, seed)
             return
 
-    def _claim(self, name: str) -> Path | None:
-        """An exclusive claim on encoding one missing set; None while another live process holds it. A claim of a
-        process of this host that no longer exists (killed: SIGKILL, OOM) is taken over at once, any other once it
-        has not been refreshed for CLAIM_STALE_S."""
-        folder = self.base() / "claims"
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{name}.claim"
-        for _ in range(3):
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                try:
-                    age = time.time() - path.stat().st_mtime
-                    holder = path.read_text().split()
-                except FileNotFoundError:
-                    continue  # released meanwhile: try again
-                dead = _dead_local_holder(holder)
-                if age <= CLAIM_STALE_S and not dead:
-                    return None
-                why = f"its process {holder[1]} is gone" if dead else f"{age:.0f} s old"
-                log.info(f"feature cache: taking over an abandoned claim {path} ({why})")
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    pass
-                continue
-            with os.fdopen(fd, "w") as fh:
-                fh.write(f"{socket.gethostname()} {os.getpid()}\n")
-            return path
-        return None
+    def _claim(self, name: str) -> "claims.Claim | None":
+        """An exclusive claim (:mod:`bench.claims`) on encoding one missing set; None while another live process
+        holds it (a killed process's claim is taken over at once, another host's once it is stale)."""
+        return claims.acquire(self.base() / "claims" / f"{name}.claim", what="feature cache")
 
-    def _encode(self, root: Path, relpaths, keys, todo: dict, seed, claim: Path) -> None:
+    def _encode(self, root: Path, relpaths, keys, todo: dict, seed) -> None:
         """Decode each image with a missing row once, draw its missing views, encode in batches, write banks."""
         b = self.backbone
         t_fill = time.perf_counter()
@@ -584,7 +536,7 @@ class FeatureCache:
                                          f"(train, seed {seed}, {len(todo)} views)")
         chunks: list[torch.Tensor] = []
         rows: list[tuple[Path, str]] = []  # (bank folder, image key) of each encoded row, in order
-        buffered, last_touch = 0, time.time()
+        buffered = 0
         for x, idx, err, dec, aug in log.progress(loader, desc=desc, total=len(sampler)):
             if err:
                 raise BenchError(err)
@@ -605,9 +557,6 @@ class FeatureCache:
             if buffered > self.flush_bytes:
                 self._flush(chunks, rows)
                 chunks, rows, buffered = [], [], 0
-            if time.time() - last_touch > CLAIM_REFRESH_S:
-                os.utime(claim)
-                last_touch = time.time()
         self._flush(chunks, rows)
         self.stats["fill_s"] += time.perf_counter() - t_fill
 

@@ -8,11 +8,12 @@ import socket
 import time
 
 from bench import log
+from bench.claims import release_claims
 from bench.engine.checkpoint import FileCheckpointer, checkpoint_path, local_policy
 from bench.engine.runner import execute_safely
 from bench.features import usable_cpus
 from bench.launch.threads import oversubscription_hint
-from bench.store import Store, release_claims
+from bench.store import Store
 
 WAIT_POLL_S = 1.0  # how often a command re-checks the runs another process is executing
 

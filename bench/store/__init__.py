@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
-import socket
 import tempfile
-import threading
-import time
 from numbers import Real
 from pathlib import Path
 
-from bench import log
+from bench import claims, log
 from bench.errors import BenchError
 from bench.fileio import DiskFull, atomic_open, clean_stale_temps
 from bench.paths import results_dir
@@ -174,70 +170,6 @@ def _report_invalid(path: Path, why: str) -> None:
         log.info(f"warning: invalid result file {path} ({why}): not counted as done; `bench run` redoes it")
 
 
-# A run's claim is refreshed every CLAIM_HEARTBEAT_S; one not refreshed for CLAIM_STALE_S is abandoned (its process
-# died on another host, or hangs); on this host a claim whose process is gone is abandoned at once.
-CLAIM_HEARTBEAT_S = 30.0
-CLAIM_STALE_S = float(os.environ.get("BENCH_CLAIM_STALE_S", 300))
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-class Claim:
-    """This process is executing a run: ``<result>.claim`` (pid, host, time), kept fresh by a heartbeat thread."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        _HELD.add(self)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, daemon=True, name=f"claim {path.name}")
-        self._thread.start()
-
-    def _beat(self) -> None:
-        while not self._stop.wait(CLAIM_HEARTBEAT_S):
-            try:
-                os.utime(self.path)
-            except OSError:
-                return
-
-    def release(self) -> None:
-        self._stop.set()
-        _HELD.discard(self)
-        info = _read_claim(self.path)
-        if info is not None and info.get("pid") == os.getpid() and info.get("host") == socket.gethostname():
-            self.path.unlink(missing_ok=True)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.release()
-
-
-_HELD: set = set()  # the claims this process holds
-
-
-def release_claims() -> None:
-    """Release every claim this process still holds (on the way out of an interrupted grid)."""
-    for claim in list(_HELD):
-        claim.release()
-
-
-def _read_claim(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 class Store:
     def __init__(self, root: Path | str | None = None):
         self.root = Path(root) if root is not None else results_dir()
@@ -370,47 +302,13 @@ class Store:
 
     def claim_holder(self, config: dict) -> dict | None:
         """The live claim on this run (pid, host, time), or None when unclaimed or abandoned."""
+        return claims.holder(self.claim_path(config))
+
+    def claim(self, config: dict) -> "claims.Claim | None":
+        """Claim this run for this process (:mod:`bench.claims`), taking over an abandoned claim; None when another
+        live process holds it."""
         path = self.claim_path(config)
         try:
-            st = path.stat()
-        except OSError:
-            return None
-        info = _read_claim(path)
-        age = time.time() - st.st_mtime
-        if info is None:  # being written right now, or left empty by a crash
-            return {"pid": None, "host": None} if age < 10 else None
-        if info.get("host") == socket.gethostname() and isinstance(info.get("pid"), int):
-            if not _pid_alive(info["pid"]):
-                return None
-        if age > CLAIM_STALE_S:
-            return None
-        return info
-
-    def claim(self, config: dict) -> Claim | None:
-        """Claim this run for this process (``O_EXCL`` claim file), taking over an abandoned claim; None when
-        another live process holds it."""
-        path = self.claim_path(config)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(5):
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                if self.claim_holder(config) is not None:
-                    return None
-                stale = path.with_name(f".{path.name}.{os.getpid()}.stale")
-                try:  # atomic: of several processes taking over, one renames it, the others retry the O_EXCL
-                    os.rename(path, stale)
-                    stale.unlink(missing_ok=True)
-                except FileNotFoundError:
-                    pass
-                continue
-            except OSError as e:
-                raise StoreError(f"cannot write {path}: {e.strerror or type(e).__name__}") from None
-            try:
-                with os.fdopen(fd, "w") as fh:
-                    json.dump({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}, fh)
-                return Claim(path)
-            except BaseException:  # interrupted while claiming: leave no claim behind
-                path.unlink(missing_ok=True)
-                raise
-        return None
+            return claims.acquire(path)
+        except OSError as e:
+            raise StoreError(f"cannot write {path}: {e.strerror or type(e).__name__}") from None
