@@ -238,3 +238,20 @@ def test_a_claim_of_a_killed_process_is_taken_over_at_once(tmp_path, tiny_ckpt):
     again.release()
     claim.release()
     assert not path.exists()
+
+
+def test_a_segment_copied_into_another_views_bank_is_not_used(data, bb, tmp_path, capsys):
+    """A valid segment moved into another bank (here: view 0's features into view 1's folder) passes every
+    content check; it names the bank it was written for, so it is removed and the view recomputed."""
+    paths, root = data["paths"], data["splits"].root
+    cache = FeatureCache(bb, root=tmp_path)
+    fresh = cache.views(root, paths, seed=1, n_views=2)
+    want0, want1 = fresh(0), fresh(1)
+    assert not torch.equal(want0, want1)
+    (seg0,) = cache.bank_dir(root, "train", view=0, seed=1).glob("*.pt")
+    (seg1,) = cache.bank_dir(root, "train", view=1, seed=1).glob("*.pt")
+    seg1.unlink()
+    seg1.write_bytes(seg0.read_bytes())  # same keys (the images), other view's crops
+    again = FeatureCache(bb, root=tmp_path).views(root, paths, seed=1, n_views=2)
+    assert torch.equal(again(1), want1) and torch.equal(again(0), want0)
+    assert "written for another bank" in capsys.readouterr().err

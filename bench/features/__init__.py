@@ -177,10 +177,15 @@ def _checksum(keys: list[str], feats: torch.Tensor) -> str:
     return h.hexdigest()
 
 
-def _segment_problem(data) -> str:
-    """Why a loaded segment cannot be trusted ('' if it can)."""
+def _segment_problem(data, bank: str) -> str:
+    """Why a loaded segment cannot be trusted in the bank folder ``bank`` (relative to the cache root; '' if it can).
+    A segment names the bank it was written for: one copied into another bank (another view, transform or model)
+    would pass every other check with features of other images."""
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         return "unknown format"
+    if data.get("bank") != bank:
+        return (f"written for another bank ({data['bank']})" if isinstance(data.get("bank"), str) else
+                "without the bank it was written for (written before segments named it)")
     keys, feats = data.get("keys"), data.get("feats")
     if not isinstance(keys, list) or not isinstance(feats, torch.Tensor) or feats.dtype != torch.float32 \
             or feats.ndim != 2 or feats.shape[0] != len(keys):
@@ -416,6 +421,11 @@ class FeatureCache:
             total -= old.nbytes
         return bank
 
+    def _bank_name(self, folder: Path) -> str:
+        """A bank's identity, written into each of its segments: its folder relative to the cache root (the
+        backbone, numerics, transform, dataset and view keys)."""
+        return Path(folder).relative_to(self.root).as_posix()
+
     def _read(self, folder: Path) -> _Bank:
         t0 = time.perf_counter()
         _clean_stale(folder)
@@ -436,7 +446,7 @@ class FeatureCache:
                 except Exception as e:  # noqa: BLE001 - a cache file: drop it and recompute
                     data, problem = None, f"unreadable ({type(e).__name__})"
                 else:
-                    problem = _segment_problem(data)
+                    problem = _segment_problem(data, self._bank_name(folder))
                 if problem:
                     log.info(f"feature cache segment {path} {problem}: removed, its features will be recomputed")
                     try:
@@ -581,7 +591,8 @@ class FeatureCache:
         feats = feats.contiguous()
         if len(keys) and bool((feats == 0).all(dim=1).any()):
             raise BenchError(f"the image encoder returned all-zero features (writing {folder}): not caching them")
-        data = {"format": FORMAT, "keys": keys, "feats": feats, "checksum": _checksum(keys, feats)}
+        data = {"format": FORMAT, "bank": self._bank_name(folder), "keys": keys, "feats": feats,
+                "checksum": _checksum(keys, feats)}
         with atomic_open(folder / f"{_digest(chr(10).join(keys), 24)}.pt") as fh:
             torch.save(data, fh)
         self.stats["files_written"] += 1
