@@ -137,7 +137,7 @@ def _only_segment(cache, root) -> Path:
 
 @pytest.mark.parametrize("recompute_checksum", [False, True])
 def test_zeroed_bank_is_detected_and_recomputed(data, bb, tmp_path, recompute_checksum, capsys):
-    from bench.features import _checksum
+    from bench.features.segments import _checksum
 
     paths, root = data["paths"], data["splits"].root
     good = FeatureCache(bb, root=tmp_path).get(root, paths, "eval")
