@@ -60,8 +60,14 @@ def test_a_result_of_other_data_is_not_reused(roots, tiny_ckpt, tmp_path):
     for name, folder in (("mixed", store), ("alone", tmp_path / "alone")):
         results = Store(folder).all_results()
         top1[name] = {r["config"]["data"]["dtd"]: r["metrics"]["dtd"]["top1"] for r in results}
-    real_fp = _config(roots["real"])["data"]["dtd"]
+    real_fp, copy_fp = _config(roots["real"])["data"]["dtd"], _config(roots["copy"])["data"]["dtd"]
     assert len(top1["mixed"]) == 2 and top1["mixed"][real_fp] == top1["alone"][real_fp]
+    assert top1["mixed"][copy_fp] != top1["mixed"][real_fp]  # else the table below could not tell them apart
+    table = subprocess.run([sys.executable, "-m", "bench.cli", "table", "--results", str(store), "--datasets", "dtd"],
+                           capture_output=True, text=True, timeout=600)
+    assert table.returncode == 0, table.stderr
+    (row,) = [ln for ln in table.stdout.splitlines() if ln.startswith("| coop")]
+    assert f"{top1['alone'][real_fp]:.2f}" in row and f"{top1['mixed'][copy_fp]:.2f}" not in row, table.stdout
     # without a data root (no fingerprint to plan with) `bench status` counts a result of the run on any data
     env = {k: v for k, v in os.environ.items() if k != "BENCH_DATA"}
     done = subprocess.run([sys.executable, "-m", "bench.cli", "status", *RUN, "--pretrained", str(tiny_ckpt),
@@ -99,3 +105,16 @@ def test_the_few_shot_record_is_redrawn_for_other_data(roots, tmp_path, monkeypa
     assert data.record_sample(real, 2, 1) == path
     assert data.read_sample(path)["data"] == data.fingerprint(real)
     assert {it.label for it in data.read_sample(path, splits=real)["train"]} == set(range(5))
+
+
+def test_a_run_planned_on_other_data_is_refused(roots, tmp_path):
+    """A planned config (e.g. a queued SLURM task) whose data changed since planning stores nothing: its result
+    would be filed under the identity of data it did not read."""
+    from bench.engine.runner import execute
+    from bench.errors import BenchError
+
+    config = {**_config(roots["copy"]), "data_root": str(roots["real"])}
+    store = Store(tmp_path / "res")
+    with pytest.raises(BenchError, match="dtd under .* is not the data this run was planned with"):
+        execute(config, store)
+    assert not store.is_complete(config) and not list((tmp_path / "res").rglob("*.json"))

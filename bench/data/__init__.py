@@ -11,8 +11,8 @@ Everything here follows docs/protocol.md §1-§3 (and §10 for the deliberate di
 """
 
 from bench.data.check import check_dataset
-from bench.data.loaders import (Splits, data_fingerprint, fingerprint, load_splits, require_train_images,
-                                resolve_data_root)
+from bench.data.loaders import (Splits, check_fingerprints, data_fingerprint, fingerprint, load_splits,
+                                require_train_images, resolve_data_root)
 from bench.data.sample import (ClassSubset, fewshot_sample, get_sample, read_sample, record_sample, sample_file,
                                subsample_classes, write_sample)
 from bench.data.specs import (GROUPS, LOADERS, SPLITS, SUBSAMPLE, SYNTHETIC_MARKER, DataNotFound, DatasetSpec, Item,
@@ -20,7 +20,7 @@ from bench.data.specs import (GROUPS, LOADERS, SPLITS, SUBSAMPLE, SYNTHETIC_MARK
 
 __all__ = [
     "GROUPS", "LOADERS", "SPLITS", "SUBSAMPLE", "SYNTHETIC_MARKER", "ClassSubset", "DataNotFound", "DatasetSpec",
-    "Item", "Splits", "check_dataset", "class_names_for_prompt", "data_fingerprint", "fewshot_sample",
-    "fingerprint", "get_sample", "get_spec", "list_specs", "load_splits", "read_sample", "record_sample",
+    "Item", "Splits", "check_dataset", "check_fingerprints", "class_names_for_prompt", "data_fingerprint",
+    "fewshot_sample", "fingerprint", "get_sample", "get_spec", "list_specs", "load_splits", "read_sample", "record_sample",
     "require_train_images", "resolve_data_root", "sample_file", "subsample_classes", "write_sample",
 ]

@@ -120,6 +120,18 @@ def data_fingerprint(spec_or_key: str | DatasetSpec, data_root: str | Path) -> s
     return hit or fingerprint(load_splits(spec, data_root))
 
 
+def check_fingerprints(planned: dict | None, data_root: str | Path) -> None:
+    """Refuse (one-line BenchError) to run a config on data other than those it was planned with: ``planned`` is
+    its ``data`` ({dataset: fingerprint}, :func:`bench.protocols.data_identity`; None in a config planned
+    without a data root or by code before fingerprints: nothing to check). A queued SLURM task whose data
+    changed since `bench run` planned it would otherwise store a result under the other data's identity."""
+    for dataset, want in (planned or {}).items():
+        have = data_fingerprint(dataset, data_root)
+        if have != want:
+            raise BenchError(f"dataset {dataset} under {data_root} is not the data this run was planned with "
+                             f"(fingerprint {have}, planned {want}): run `bench run` again to plan it on these data")
+
+
 def require_train_images(splits: Splits) -> None:
     """Every class needs at least one training image: a class without one would be missing from the trained
     label space (the linear probe could never predict it; prompt learners would train on fewer classes)."""

@@ -204,7 +204,7 @@ def label_space(config: dict, data_root) -> list[str]:
 def execute(config: dict, store: Store | None = None, checkpointer: Checkpointer | None = None,
             checkpoint_every: int = 0, device: str | None = None) -> dict:
     """Run one config end to end and write its result; returns the result (or the stored one if complete)."""
-    from bench.data import get_spec, resolve_data_root
+    from bench.data import check_fingerprints, get_spec, resolve_data_root
     from bench.registry import code_version, get_method
 
     store = store or Store()
@@ -212,6 +212,7 @@ def execute(config: dict, store: Store | None = None, checkpointer: Checkpointer
     if done is not None:
         return done
     data_root = resolve_data_root(config.get("data_root"), environ=False, required=True)
+    check_fingerprints(config.get("data"), data_root)
     cls = get_method(config["method"])
     if config.get("code", code_version(cls)) != code_version(cls):  # e.g. a queued SLURM task after an edit
         raise BenchError(f"the code of method {config['method']} changed since this run was planned: run "
