@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+
 from bench.cli import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from bench.store import eval_name
 import torch
 
 from bench.launch import slurm as bs
@@ -220,7 +222,7 @@ def test_task_records_failures_and_goes_on(world, tmp_path):
 def test_run_states_from_registry_and_queue(world, tmp_path):
     store = Store(tmp_path / "s")
     a, b, c, d, e = grid_of(world, tmp_path / "s", *COOP)[:5]
-    store.write({"status": "complete", "hash": config_hash(a), "config": a, "metrics": {}})
+    store.write({"status": "complete", "hash": config_hash(a), "config": a, "metrics": {eval_name(e): {"top1": 50.0} for e in a["evals"]}})
     store.write_failure(d, "boom")
     log = tmp_path / "7_3_0_log.err"
     log.write_text("line 1\nTraceback ...\nKilled\n")
