@@ -63,7 +63,7 @@ def cmd_demo(args) -> int:
     import torch
 
     from bench.cli import main
-    from bench.features import usable_cpus
+    from bench.data.images import usable_cpus
 
     on_cpu = not torch.cuda.is_available()
     if on_cpu:

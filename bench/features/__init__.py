@@ -14,7 +14,10 @@ Key. A feature is stored under everything that could change its value, spelled t
 
 Augmentation. View V of an image in a run with seed S is ``transform(image)`` with torch's RNG seeded by
 :func:`view_seed` (S, relative path, V) -- see :func:`augment`. Two seeds of a run see different crops of an image,
-two methods of one seed the same crops (a paired comparison), in any process, cached or not.
+two feature-cache methods of one seed the same crops (a paired comparison), in any process, cached or not.
+Image-side methods (:mod:`bench.engine.imagestream`) do not read these views: their crops are drawn per epoch
+from :func:`~bench.engine.imagestream.augmentation_seed` (S, relative path, epoch), the same for every image-side
+method of one seed but not the crops the cache encodes. Both decode through :class:`bench.data.images.ImageFiles`.
 
 Cold path. Missing features are computed in one pipeline per request: DataLoader workers (as many as the CPUs
 this process may use, ``os.sched_getaffinity``) decode each image ONCE and draw all its missing views, the main
@@ -37,7 +40,7 @@ Memory. Banks read in this process are kept in an LRU store bounded by ``memory_
 from bench.features.cache import FeatureCache, TrainViews
 from bench.features.decode import ImageList
 from bench.features.keys import (FORMAT, augment, default_workers, describe_transform, numerics_key, transform_key,
-                                 usable_cpus, view_seed)
+                                 view_seed)
 
 __all__ = ["FORMAT", "FeatureCache", "ImageList", "TrainViews", "augment", "default_workers", "describe_transform",
-           "numerics_key", "transform_key", "usable_cpus", "view_seed"]
+           "numerics_key", "transform_key", "view_seed"]

@@ -15,7 +15,8 @@ import torch
 
 from bench import claims, log
 from bench.errors import BenchError
-from bench.features.decode import VIEWS_PER_ITEM, _collate, _Jobs, _split
+from bench.data.images import SignalSafeLoader, collate
+from bench.features.decode import VIEWS_PER_ITEM, _split, _Views
 from bench.features.keys import FORMAT, _digest, default_workers, numerics_key, transform_key
 from bench.features.segments import _Bank, _checksum, _clean_stale, _segment_problem
 from bench.fileio import atomic_open
@@ -233,10 +234,11 @@ class FeatureCache:
         norm = None
         if split[0] and split[1] and all(torch.equal(split[0][k], split[1][k]) for k in (1, 2)):
             norm = split[0][1].to(b.device), split[0][2].to(b.device)
-        ds = _Jobs(root, jobs, b.eval_transform, b.train_transform, seed, split=norm is not None)
-        loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=workers, collate_fn=_collate,
-                                             pin_memory=cuda, persistent_workers=False,
-                                             prefetch_factor=4 if workers else None)
+        ds = _Views(root, [rel for rel, _ in jobs], b.eval_transform, b.train_transform, seed,
+                    split=norm is not None)
+        loader = SignalSafeLoader(ds, batch_sampler=[[(j, jobs[j][1]) for j in js] for js in sampler],
+                                  num_workers=workers, collate_fn=collate, pin_memory=cuda, persistent_workers=False,
+                                  prefetch_factor=4 if workers else None)
         first = next(iter(todo))
         desc = f"encode {root.name} " + ("(eval)" if first[0] is None else
                                          f"(train, seed {seed}, {len(todo)} views)")

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 
 import torch
+
+from bench.data.images import usable_cpus
 
 FORMAT = 2                 # bumped whenever what a key means changes
 
@@ -17,8 +18,8 @@ def _digest(text: str, n: int = 16) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Augmentation seeding of cached views (public; the image stream of image-side methods seeds its crops per
-# epoch instead, bench.engine.imagestream.augmentation_seed, so its crops are not these)
+# Augmentation seeding of cached views (the image stream of image-side methods seeds its crops per epoch
+# instead, bench.engine.imagestream.augmentation_seed: its crops are not these)
 
 def view_seed(run_seed: int | None, image_key: str, view: int) -> int:
     """Seed of augmented view ``view`` of image ``image_key`` (path relative to its dataset root) in a run
@@ -30,7 +31,7 @@ def augment(image, transform, run_seed: int | None, image_key: str, view: int) -
     """``transform(image)`` drawn with torch's RNG seeded by :func:`view_seed`; the caller's RNG state is kept.
 
     With ``transform = backbone.train_transform`` this is exactly the pixels the feature cache encodes for that
-    (run seed, image, view): an image-stream method that calls it sees the same crops and flips."""
+    (run seed, image, view). (The image stream seeds its crops per epoch instead.)"""
     gen = torch.default_generator  # what torchvision's random transforms draw from (on the CPU)
     state = gen.get_state()
     gen.manual_seed(view_seed(run_seed, image_key, view))
@@ -103,14 +104,6 @@ def numerics_key(backbone) -> str:
         name = torch.cuda.get_device_name(device)
         kind += "-" + "".join(c if c.isalnum() else "_" for c in name).strip("_")
     return f"{backbone.precision}-{kind}-torch{torch.__version__.split('+')[0]}"
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on: its affinity (e.g. a SLURM allocation), not the whole node."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def default_workers(device: str = "cpu") -> int:

@@ -11,7 +11,7 @@ from bench import log
 from bench.claims import release_claims
 from bench.engine.checkpoint import FileCheckpointer, checkpoint_path, local_policy
 from bench.engine.runner import execute_safely
-from bench.features import usable_cpus
+from bench.data.images import usable_cpus
 from bench.launch.threads import oversubscription_hint
 from bench.store import Store
 
