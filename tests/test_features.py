@@ -255,3 +255,36 @@ def test_a_segment_copied_into_another_views_bank_is_not_used(data, bb, tmp_path
     again = FeatureCache(bb, root=tmp_path).views(root, paths, seed=1, n_views=2)
     assert torch.equal(again(1), want1) and torch.equal(again(0), want0)
     assert "written for another bank" in capsys.readouterr().err
+
+
+def _note_worker_signal(img):
+    """A transform step that records, per process, whether SIGUSR2 is ignored there (DataLoader workers)."""
+    import signal
+
+    with open(os.environ["BENCH_TEST_SIGNAL_LOG"], "a") as fh:
+        fh.write(f"{os.getpid()} {signal.getsignal(signal.SIGUSR2) == signal.SIG_IGN}\n")
+    return img
+
+
+def test_feature_workers_do_not_inherit_the_preemption_handler(data, bb, tmp_path, monkeypatch):
+    """The encoding DataLoader's workers ignore the preemption signals whose handler the main process installed
+    (a SLURM preemption is handled once, by the main process), as the image stream's workers do."""
+    import copy
+    import signal
+
+    import torchvision.transforms as T
+
+    log = tmp_path / "signals"
+    monkeypatch.setenv("BENCH_TEST_SIGNAL_LOG", str(log))
+    noted = copy.copy(bb)
+    noted.eval_transform = T.Compose([_note_worker_signal, *bb.eval_transform.transforms])
+    previous = signal.signal(signal.SIGUSR2, lambda *a: None)
+    try:
+        cache = FeatureCache(noted, root=tmp_path / "c", workers=2, batch_size=2)
+        cache.get(data["splits"].root, data["paths"], "eval")
+        assert signal.getsignal(signal.SIGUSR2) != signal.SIG_IGN  # the main process keeps its handler
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    seen = {tuple(line.split()) for line in log.read_text().splitlines()}
+    workers = {pid for pid, _ in seen if int(pid) != os.getpid()}
+    assert workers and all(ignored == "True" for pid, ignored in seen if pid in workers)
