@@ -1,0 +1,225 @@
+"""``bench run``: run a protocol grid (only what is missing), and the grid flags ``bench status`` shares.
+
+The grid flags resolve (:func:`resolve_grid_args`) into what :func:`bench.protocols.expand` needs; every user
+error is one line, raised before any work (:func:`preflight` checks data, weights and the feature cache).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from bench.cli.common import parse_csv, print_json, store_from_args
+from bench.errors import BenchError
+
+PRESETS = {
+    # The CoOp papers' setting: ViT-B/16 with OpenAI's weights on the 11 datasets (the default).
+    "coop11": {"backbone": "ViT-B-16", "pretrained": "openai", "group": "coop11"},
+    # The miniature world: a tiny CLIP pretrained here and small procedural datasets (offline default).
+    # 16 cached augmented views per image by default (the demo's), instead of one per epoch.
+    "mini": {"backbone": "mini", "pretrained": "mini", "group": "mini", "views": 16},
+}
+
+
+def add_command(sub) -> None:
+    p = sub.add_parser("run", help="run a protocol grid (only what is missing)")
+    add_grid_args(p)
+    p.add_argument("--dry-run", action="store_true", help="print the grid and what is already done")
+    p.add_argument("--device", help="cpu | cuda | cuda:1 | mps ... for local runs (default: cuda if available)")
+    p.add_argument("--json", action="store_true", help="with --dry-run: the grid as JSON")
+    p.add_argument("--launcher", default="local", choices=["local", "slurm"])
+    p.add_argument("--slurm-profile", help="YAML profile in slurm/ (partition, account, gpus, time, ...)")
+    p.add_argument("--slurm", action="append", metavar="KEY=VALUE",
+                   help="override a SLURM profile key (repeatable), e.g. --slurm partition=gpu --slurm time=2:00:00 "
+                        "--slurm sbatch.mail-type=END (keys: slurm/README.md)")
+    p.set_defaults(func=cmd_run)
+
+
+def add_grid_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("grid")
+    g.add_argument("--protocol", default="fewshot", help="fewshot | base2new | domain_shift | cross_dataset")
+    g.add_argument("--method", "--methods", dest="methods", help="comma-separated method names (default: all)")
+    g.add_argument("--datasets", help="comma-separated dataset keys (default: the protocol's datasets)")
+    g.add_argument("--shots", help="comma-separated shot counts, e.g. 1,2,4,8,16")
+    g.add_argument("--seeds", help="comma-separated seeds, e.g. 1,2,3")
+    g.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
+                   help="override a hyperparameter (repeatable); changes the run hash and table label; "
+                        "KEY=a,b sweeps: one labelled set of runs per value")
+    g.add_argument("--preset", choices=sorted(PRESETS),
+                   help="'mini': the miniature world (tiny CLIP + mini data); 'coop11': ViT-B-16 openai on the 11 "
+                        "CoOp datasets (the default)")
+    g.add_argument("--backbone", help="open_clip architecture (default ViT-B-16; 'mini' with --preset mini), one "
+                                      "of --model-configs, or hf-hub:<org>/<repo>")
+    g.add_argument("--pretrained", help="open_clip pretrained tag or checkpoint path (default openai)")
+    g.add_argument("--data-root", help="folder holding the datasets in CoOp's layout (default $BENCH_DATA)")
+    g.add_argument("--precision", default="auto",
+                   help="auto (fp32 on CPU, fp16 autocast on GPU) | fp32 | amp (fp16 autocast) | bf16 | fp16")
+    g.add_argument("--views", type=int, help="cached augmented views per training image (default: one per epoch; "
+                                             "16 with --preset mini); another number shows in the label")
+    g.add_argument("--results", help="results store folder (default $BENCH_RESULTS, results/runs in a checkout, "
+                                     "else ~/.local/share/clip-prompt-bench/runs)")
+
+
+def weights_id(pretrained: str | None, arch: str = "") -> str:
+    """What identifies the weights in a run's config: the tag, the architecture of an hf-hub model, or
+    ``sha256:<16 hex>`` of a checkpoint file's content (``--pretrained mini``: the tiny CLIP's checkpoint)."""
+    if pretrained is None:
+        return "random"
+    if pretrained == "hf-hub":
+        return arch
+    path = Path(pretrained).expanduser()
+    if pretrained == "mini":
+        from bench.mini.pretrain import ensure_checkpoint
+
+        path = Path(ensure_checkpoint())
+    elif not path.is_file():
+        if os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
+            raise BenchError(f"checkpoint not found: {path}")
+        return pretrained
+    from bench.model.weights import checkpoint_digest
+
+    return "sha256:" + checkpoint_digest(path)[:16]
+
+
+_weights_id = weights_id  # the old private name (tests, scripts)
+
+
+def resolve_grid_args(args) -> dict:
+    """Flags + preset -> everything a grid needs (one-line errors for bad input)."""
+    from bench.protocols import parse_int_list, parse_sweep
+
+    preset = PRESETS.get(args.preset or "", {})
+    if args.views is not None and args.views < 1:
+        raise BenchError(f"bad --views {args.views}: need at least 1 view per image")
+    backbone = args.backbone or preset.get("backbone", "ViT-B-16")
+    pretrained = args.pretrained or preset.get("pretrained", "openai")
+    if pretrained in ("none", "random"):
+        pretrained = None
+    from bench.model.backbone import check_arch, is_hf_hub, resolve_arch
+
+    check_arch(backbone)
+    if is_hf_hub(backbone):
+        if args.pretrained:
+            raise BenchError(f"{backbone} brings its own weights from the Hugging Face Hub: leave out --pretrained")
+        pretrained = "hf-hub"
+    data_root = args.data_root or os.environ.get("BENCH_DATA")
+    if args.preset == "mini" and not args.data_root:
+        from bench.mini.build import ensure_data
+
+        data_root = str(ensure_data())
+    arch, _ = resolve_arch(backbone, pretrained)
+    sweep = parse_sweep(args.overrides)  # expanded before any validation: each set is checked on its own
+    return {
+        "protocol": args.protocol,
+        "methods": parse_csv(args.methods, "--method"),
+        "datasets": parse_csv(args.datasets, "--datasets"),
+        "shots": parse_int_list(args.shots, "shots") if args.shots is not None else None,
+        "seeds": parse_int_list(args.seeds, "seeds") if args.seeds is not None else None,
+        "overrides": sweep[0],
+        "override_sets": sweep,
+        "backbone": {"arch": arch, "pretrained": pretrained, "weights": weights_id(pretrained, arch)},
+        "group": preset.get("group", "coop11"),
+        "precision": args.precision,
+        "views": args.views,
+        "default_views": preset.get("views"),
+        "data_root": str(Path(data_root).expanduser().resolve()) if data_root else None,
+    }
+
+
+def build_grid(args) -> tuple[list[dict], dict]:
+    from bench.protocols import expand, get_protocol
+    from bench.registry import get_method, list_methods
+
+    g = resolve_grid_args(args)
+    get_protocol(g["protocol"])
+    if g["methods"]:
+        for m in g["methods"]:
+            if g["protocol"] not in get_method(m).protocols:
+                raise BenchError(f"method {m} does not support protocol {g['protocol']} "
+                                 f"(supports: {', '.join(get_method(m).protocols)})")
+        methods = g["methods"]
+    else:
+        methods = [m for m in list_methods() if g["protocol"] in get_method(m).protocols]
+    grid = []
+    for overrides in g["override_sets"]:  # a --set sweep: one labelled set of runs per value
+        grid += expand(g["protocol"], methods, datasets=g["datasets"], shots=g["shots"], seeds=g["seeds"],
+                       overrides=overrides, backbone=g["backbone"], group=g["group"], precision=g["precision"],
+                       views=g["views"], data_root=g["data_root"],
+                       default_views=g["default_views"])
+    return grid, g
+
+
+def preflight(grid: list[dict], load_backbone: bool = True, device: str | None = None) -> None:
+    """Fail fast, in one line, on data or weight problems before any run starts."""
+    from bench.data import load_splits
+    from bench.engine.runner import get_backbone
+
+    roots = {c["data_root"] for c in grid}
+    if None in roots:
+        raise BenchError("no data root: pass --data-root DIR (or set BENCH_DATA, or use --preset mini)")
+    needed = {(c["data_root"], c["train"]["dataset"]) for c in grid}
+    needed |= {(c["data_root"], e["dataset"]) for c in grid for e in c["evals"]}
+    for root, dataset in sorted(needed):
+        load_splits(dataset, root)
+    from bench.data import require_train_images
+    from bench.registry import get_method
+
+    for root, dataset in sorted({(c["data_root"], c["train"]["dataset"]) for c in grid
+                                 if get_method(c["method"]).needs_training}):
+        require_train_images(load_splits(dataset, root))
+    if load_backbone:
+        for spec in {json.dumps(c["backbone"], sort_keys=True): c["backbone"] for c in grid}.values():
+            get_backbone(spec, grid[0].get("precision", "auto"), device)
+
+
+def cmd_run(args) -> int:
+    from bench.launch import launch_local, pending
+
+    grid, g = build_grid(args)
+    store = store_from_args(args)
+    if args.dry_run:
+        todo = {id(c) for c in pending(grid, store)}
+        if args.json:
+            from bench.store import config_hash
+
+            print_json({"runs": [{"state": "todo" if id(c) in todo else "done", "hash": config_hash(c),
+                                  "label": c["label"], "method": c["method"], "protocol": c["protocol"],
+                                  "overrides": c["overrides"], **c["train"],
+                                  "evals": [e["dataset"] + ("" if e["classes"] == "all" else ":" + e["classes"])
+                                            for e in c["evals"]]} for c in grid],
+                        "total": len(grid), "done": len(grid) - len(todo), "todo": len(todo)})
+            return 0
+        for c in grid:
+            tr = c["train"]
+            state = "todo" if id(c) in todo else "done"
+            evals = ",".join(e["dataset"] + ("" if e["classes"] == "all" else ":" + e["classes"]) for e in c["evals"])
+            print(f"{state:5} {c['label']:28} {tr['dataset']:16} shots={tr['shots']:<3} seed={tr['seed']!s:5} "
+                  f"-> {evals}")
+        print(f"{len(grid)} runs, {len(grid) - len(todo)} done, {len(todo)} to run")
+        return 0
+    device = None
+    if args.device:
+        if args.launcher != "local":
+            raise BenchError("--device applies to local runs; SLURM tasks use their allocated GPU (or the CPU)")
+        from bench.model.backbone import _resolve_device
+
+        device = str(_resolve_device(args.device))
+    store.check_writable()  # before any work: a read-only store or a file named as one fails here
+    store.clean_stale()
+    preflight(grid, load_backbone=args.launcher == "local", device=device)
+    if args.launcher == "slurm":
+        from bench.launch import launch_slurm
+
+        launch_slurm(grid, store, args)
+        return 0
+    summary = launch_local(grid, store, device=device)
+    other = ""
+    if summary.get("by_other"):
+        other += f", {summary['by_other']} done by another process"
+    if summary.get("failed_other"):
+        other += f", {summary['failed_other']} failed in another process"
+    print(f"{summary['total']} runs: {summary['skipped']} already complete, {summary['ran']} ran{other}, "
+          f"{summary['failed']} failed; results in {store.root}")
+    return 1 if summary["failed"] or summary.get("failed_other") else 0
