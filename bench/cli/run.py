@@ -121,27 +121,39 @@ def resolve_grid_args(args) -> dict:
         "override_sets": sweep,
         "backbone": {"arch": arch, "pretrained": pretrained, "weights": weights_id(pretrained, arch)},
         "group": preset.get("group", "coop11"),
-        "precision": args.precision,
+        "precision": _precision(args),
         "views": args.views,
         "default_views": preset.get("views"),
         "data_root": str(Path(data_root).expanduser().resolve()) if data_root else None,
     }
 
 
+def _precision(args) -> str:
+    """``--precision``, checked; for a local run one equal to what ``auto`` resolves to on the device it will
+    use (fp32 on CPU, amp on CUDA) is ``auto``: the same numbers, so the same label and run hash. A SLURM task's
+    device is not known here: its precision stays as given."""
+    from bench.model.backbone import PRECISIONS, _resolve_device, _resolve_precision
+
+    precision = args.precision
+    if precision not in PRECISIONS:
+        raise BenchError(f"unknown --precision {precision!r} (known: {', '.join(PRECISIONS)})")
+    if precision == "auto" or getattr(args, "launcher", "local") != "local":
+        return precision
+    import torch
+
+    device = _resolve_device(getattr(args, "device", None) or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return "auto" if _resolve_precision("auto", device) == precision else precision
+
+
 def build_grid(args) -> tuple[list[dict], dict]:
+    """The grid of run configs the flags name (``expand`` once per ``--set`` sweep value), and the resolved flags.
+    Without ``--method``: every method that supports the protocol."""
     from bench.protocols import expand, get_protocol
     from bench.registry import get_method, list_methods
 
     g = resolve_grid_args(args)
     get_protocol(g["protocol"])
-    if g["methods"]:
-        for m in g["methods"]:
-            if g["protocol"] not in get_method(m).protocols:
-                raise BenchError(f"method {m} does not support protocol {g['protocol']} "
-                                 f"(supports: {', '.join(get_method(m).protocols)})")
-        methods = g["methods"]
-    else:
-        methods = [m for m in list_methods() if g["protocol"] in get_method(m).protocols]
+    methods = g["methods"] or [m for m in list_methods() if g["protocol"] in get_method(m).protocols]
     grid = []
     for overrides in g["override_sets"]:  # a --set sweep: one labelled set of runs per value
         grid += expand(g["protocol"], methods, datasets=g["datasets"], shots=g["shots"], seeds=g["seeds"],
