@@ -61,6 +61,8 @@ def cmd_data(args) -> int:
                              + f", first: {r['first_missing']}")
                 elif r["status"] != "found" and r.get("message"):
                     line += f"  {r['message']}"
+            if r.get("notes"):  # differences from the released dataset, or "synthetic tree"
+                line += "  (" + "; ".join(r["notes"]) + ")"
             print(line)
         return 0 if ok else 1
     from bench.protocols import parse_int_list
