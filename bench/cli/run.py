@@ -163,11 +163,81 @@ def build_grid(args) -> tuple[list[dict], dict]:
     return grid, g
 
 
+# Environment variables read deep inside a run: checked here, before any work. name -> (integer?, what it sets)
+NUMERIC_ENV = {
+    "BENCH_FEATURE_MEMORY_MB": (False, "megabytes of cached features kept in memory"),
+    "BENCH_WORKERS": (True, "image-decoding worker processes (0: decode in the main process)"),
+}
+DETERMINISTIC_VALUES = ("1", "true", "on", "yes", "strict", "0", "false", "off", "no", "warn")
+
+
+def check_environment() -> None:
+    """One line naming the variable for a malformed BENCH_* setting (instead of a traceback inside a run)."""
+    from bench.engine.checkpoint import local_policy
+
+    for name, (integer, what) in NUMERIC_ENV.items():
+        raw = os.environ.get(name, "").strip()
+        if not raw:
+            continue
+        try:
+            value = int(raw) if integer else float(raw)
+            if not value >= 0 or value == float("inf"):
+                raise ValueError
+        except ValueError:
+            kind = "an integer" if integer else "a number"
+            raise BenchError(f"{name}={raw!r}: must be {kind} >= 0 ({what})") from None
+    value = os.environ.get("BENCH_DETERMINISTIC", "1").strip().lower()
+    if value not in DETERMINISTIC_VALUES:
+        raise BenchError(f"BENCH_DETERMINISTIC={value!r}: must be 1 (strict, the default), warn or 0")
+    local_policy()  # BENCH_CHECKPOINT_EVERY*: its own one-line errors
+
+
+def check_cache_writable() -> None:
+    """The feature cache and few-shot samples folder ($BENCH_CACHE) must be a writable folder: checked before any
+    work, as the results store is, not failed in every run."""
+    import tempfile
+
+    from bench.paths import cache_dir
+
+    root = cache_dir()
+    if root.exists() and not root.is_dir():
+        raise BenchError(f"cache folder {root} is not a folder (set BENCH_CACHE to a writable folder)")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        for sub in ("features", "samples"):
+            folder = root / sub
+            folder.mkdir(exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".write-test.", suffix=".tmp")
+            os.close(fd)
+            os.unlink(tmp)
+    except OSError as e:
+        raise BenchError(f"cache folder {root} is not writable: {e.strerror or type(e).__name__} "
+                         f"(set BENCH_CACHE to a writable folder)") from None
+
+
+def check_context_length(grid: list[dict], backbones: dict) -> None:
+    """Learnable text context (``n_ctx``, ``n_ctx_text``) that cannot fit the text encoder's context length: any
+    prompt needs the start token, the context, at least one name token, '.' and the end token."""
+    for c in grid:
+        length = getattr(backbones[json.dumps(c["backbone"], sort_keys=True)], "context_length", None)
+        hp = c["hparams"]
+        for key in ("n_ctx", "n_ctx_text"):
+            n = hp.get(key)
+            if key == "n_ctx" and hp.get("ctx_init"):
+                continue  # the context then comes from ctx_init's words; n_ctx is ignored
+            if length and isinstance(n, int) and n + 4 > length:
+                raise BenchError(f"{key}={n} for {c['method']} does not fit the text encoder's context length "
+                                 f"{length} ({c['backbone']['arch']}): at most {length - 4}")
+
+
 def preflight(grid: list[dict], load_backbone: bool = True, device: str | None = None) -> None:
-    """Fail fast, in one line, on data or weight problems before any run starts."""
+    """Fail fast, in one line, on environment, cache, data, weight or prompt-length problems before any run
+    starts."""
     from bench.data import load_splits
     from bench.engine.runner import get_backbone
 
+    check_environment()
+    check_cache_writable()
     roots = {c["data_root"] for c in grid}
     if None in roots:
         raise BenchError("no data root: pass --data-root DIR (or set BENCH_DATA, or use --preset mini)")
@@ -182,8 +252,9 @@ def preflight(grid: list[dict], load_backbone: bool = True, device: str | None =
                                  if get_method(c["method"]).needs_training}):
         require_train_images(load_splits(dataset, root))
     if load_backbone:
-        for spec in {json.dumps(c["backbone"], sort_keys=True): c["backbone"] for c in grid}.values():
-            get_backbone(spec, grid[0].get("precision", "auto"), device)
+        backbones = {key: get_backbone(spec, grid[0].get("precision", "auto"), device)[0]
+                     for key, spec in {json.dumps(c["backbone"], sort_keys=True): c["backbone"] for c in grid}.items()}
+        check_context_length(grid, backbones)
 
 
 def cmd_run(args) -> int:
