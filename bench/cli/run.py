@@ -244,13 +244,20 @@ def preflight(grid: list[dict], load_backbone: bool = True, device: str | None =
     needed = {(c["data_root"], c["train"]["dataset"]) for c in grid}
     needed |= {(c["data_root"], e["dataset"]) for c in grid for e in c["evals"]}
     for root, dataset in sorted(needed):
-        load_splits(dataset, root)
+        splits = load_splits(dataset, root)
+        if not splits.test:
+            raise BenchError(f"dataset {dataset} under {root}: its split lists no test images (nothing to evaluate "
+                             f"on; `bench data check --datasets {dataset}` shows the split sizes)")
     from bench.data import require_train_images
     from bench.registry import get_method
 
     for root, dataset in sorted({(c["data_root"], c["train"]["dataset"]) for c in grid
                                  if get_method(c["method"]).needs_training}):
-        require_train_images(load_splits(dataset, root))
+        splits = load_splits(dataset, root)
+        if not splits.train:
+            raise BenchError(f"dataset {dataset} under {root}: its split lists no training images (a method that "
+                             f"trains needs some; `bench data check --datasets {dataset}` shows the split sizes)")
+        require_train_images(splits)
     if load_backbone:
         backbones = {key: get_backbone(spec, grid[0].get("precision", "auto"), device)[0]
                      for key, spec in {json.dumps(c["backbone"], sort_keys=True): c["backbone"] for c in grid}.items()}
