@@ -107,9 +107,9 @@ COMMAND_LINES = [  # (extra flags, method, what the error line names)
 
 
 @pytest.mark.parametrize("extra,method,names", COMMAND_LINES, ids=[" ".join(c[0]) + f" [{c[1]}]" for c in COMMAND_LINES])
-def test_bad_command_line_is_one_line_before_any_work(world, capsys, extra, method, names):
-    refused(capsys, grid(world, *extra, method=method), *names)
-    assert not list(world["res"].glob("**/*.json")), "a run was stored"
+def test_bad_command_line_is_one_line_before_any_work(world, capsys, tmp_path, extra, method, names):
+    refused(capsys, grid({**world, "res": tmp_path / "res"}, *extra, method=method), *names)
+    assert not list(tmp_path.glob("res/**/*.json")), "a run was stored"
 
 
 def test_empty_or_missing_folders_and_files_named_as_folders(world, capsys, monkeypatch):
