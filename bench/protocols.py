@@ -109,9 +109,10 @@ def split_pair(pair: str, flag: str, example: str) -> tuple[str, str]:
 
 
 def parse_value(text: str, empty=None, scalar: bool = True):
-    """The one KEY=VALUE value parser (``--set``, ``--slurm``): the text read as YAML (``4`` -> 4, ``1e-3`` ->
-    0.001, ``true``, ``null``, ``'quoted'``); text that is not valid YAML stays text; an empty value is
-    ``empty``. ``scalar``: a YAML list or mapping stays its text (hyperparameters are scalars)."""
+    """The one KEY=VALUE value parser (``--set``, ``--slurm``): the text read as YAML (``4`` -> 4, ``0.002``,
+    ``true``, ``null``, ``'quoted'``; YAML 1.1 keeps ``1e-3`` as text, which a declared float converts); text that
+    is not valid YAML stays text; an empty value is ``empty``. ``scalar``: a YAML list or mapping stays its text
+    (hyperparameters are scalars)."""
     import yaml
 
     if not text.strip():
