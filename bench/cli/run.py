@@ -1,7 +1,8 @@
 """``bench run``: run a protocol grid (only what is missing), and the grid flags ``bench status`` shares.
 
 The grid flags resolve (:func:`resolve_grid_args`) into what :func:`bench.protocols.expand` needs; every user
-error is one line, raised before any work (:func:`preflight` checks data, weights and the feature cache).
+error is one line, raised before any work (:func:`preflight` checks the BENCH_* environment, the cache folder,
+the split files, the weights and the prompts' fit in the text context).
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ def add_grid_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--shots", help="comma-separated shot counts, e.g. 1,2,4,8,16")
     g.add_argument("--seeds", help="comma-separated seeds, e.g. 1,2,3")
     g.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
-                   help="override a hyperparameter (repeatable); changes the run hash and table label; "
-                        "KEY=a,b sweeps: one labelled set of runs per value")
+                   help="override a hyperparameter (repeatable); changes the run hash and table label (a value "
+                        "equal to the default does not); KEY=a,b sweeps: one labelled set of runs per value; "
+                        "METHOD.KEY=VALUE sets it for one listed method only (--set coop.epochs=2)")
     g.add_argument("--preset", choices=sorted(PRESETS),
                    help="'mini': the miniature world (tiny CLIP + mini data); 'coop11': ViT-B-16 openai on the 11 "
                         "CoOp datasets (the default)")
