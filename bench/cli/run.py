@@ -48,7 +48,7 @@ def add_grid_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
                    help="override a hyperparameter (repeatable); changes the run hash and table label (a value "
                         "equal to the default does not); KEY=a,b sweeps: one labelled set of runs per value; "
-                        "METHOD.KEY=VALUE sets it for one listed method only (--set coop.epochs=2)")
+                        "METHOD.KEY=VALUE sets it for one listed method only")
     g.add_argument("--preset", choices=sorted(PRESETS),
                    help="'mini': the miniature world (tiny CLIP + mini data); 'coop11': ViT-B-16 openai on the 11 "
                         "CoOp datasets (the default)")

@@ -371,8 +371,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     for key, folder in written.items():
         print(f"{key:18} {folder}")
-    print(f"try: bench run --method zeroshot,coop --datasets {next(iter(written))} --shots 1 --seeds 1 "
-          f"--set coop.epochs=2 --data-root {args.data_root}")
+    print(f"try: bench run --datasets {','.join(written)} --shots 1 --seeds 1 --data-root {args.data_root} "
+          f"--dry-run  (then without --dry-run, with --method and --set METHOD.epochs=2 for a quick run)")
     return 0
 
 
