@@ -230,23 +230,3 @@ def test_a_claim_of_a_killed_process_is_taken_over_at_once(tmp_path, tiny_ckpt):
     assert cache._claim("x") is None  # held by a live process (this one): wait
     claim.write_text(f"another-host {int(dead.stdout)}\n")
     assert cache._claim("x") is None  # another host's process cannot be checked: only age frees it
-
-
-def test_a_segment_copied_into_another_views_folder_is_not_used(data, bb, tmp_path, capsys):
-    """A valid segment of view 0 copied over view 1's (same images, hence the same file name) is refused on load:
-    a segment carries the bank it was written for; the view is recomputed and equals a fresh computation."""
-    import shutil
-
-    paths, root = data["paths"], data["splits"].root
-    views = FeatureCache(bb, root=tmp_path, workers=0).views(root, paths, 1, 2)
-    expected = [views(0), views(1)]
-    assert not torch.equal(expected[0], expected[1])
-    cache = FeatureCache(bb, root=tmp_path, workers=0)
-    (seg0,) = cache.bank_dir(root, "train", 0, 1).glob("*.pt")
-    (seg1,) = cache.bank_dir(root, "train", 1, 1).glob("*.pt")
-    assert seg0.name == seg1.name
-    shutil.copyfile(seg0, seg1)
-    got = cache.views(root, paths, 1, 2)(1)
-    assert torch.equal(got, expected[1]) and cache.encoded == len(paths)
-    assert "written for another bank" in capsys.readouterr().err
-    assert torch.equal(FeatureCache(bb, root=tmp_path).views(root, paths, 1, 2)(1), expected[1])

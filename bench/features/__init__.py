@@ -24,9 +24,8 @@ first miss, so a method that never reads views (linear probe) encodes none.
 
 Storage and concurrency (no file locks needed; safe on NFS/Lustre where ``flock`` does not lock across nodes):
 a bank is a folder of immutable segment files, each written to a temporary file and renamed into place (a torn
-read is impossible), holding the bank it was written for and a sha256 checksum of its keys and features, both
-verified on load (a corrupt, zeroed or non-finite segment, or one copied from another bank's folder, is deleted
-and recomputed). Concurrent writers add segments; duplicates are harmless.
+read is impossible) and holding a sha256 checksum of its keys and features, verified on load (a corrupt, zeroed
+or non-finite segment is deleted and recomputed). Concurrent writers add segments; duplicates are harmless.
 Before encoding, a process claims the missing set with an exclusive-create marker (``O_CREAT|O_EXCL``); another
 process needing the same set waits for it instead of encoding it twice (a claim not refreshed for
 ``CLAIM_STALE_S`` is taken over). Temporary files of killed writers older than ``STALE_TMP_S`` are removed.
@@ -56,7 +55,7 @@ from bench.errors import BenchError
 from bench.fileio import atomic_open
 from bench.paths import cache_dir
 
-FORMAT = 3                 # bumped whenever what a key or a segment holds changes (3: segments name their bank)
+FORMAT = 2                 # bumped whenever what a key means changes
 STALE_TMP_S = 3600.0       # temporary files older than this belong to killed writers
 CLAIM_STALE_S = 300.0      # a claim marker not refreshed for this long belongs to a dead process
 CLAIM_REFRESH_S = 15.0
@@ -182,13 +181,10 @@ def _checksum(keys: list[str], feats: torch.Tensor) -> str:
     return h.hexdigest()
 
 
-def _segment_problem(data, bank: str) -> str:
-    """Why a loaded segment cannot be trusted in bank ``bank`` (its folder relative to the cache root; '' if it
-    can): a valid segment copied or moved into another bank's folder is refused like a corrupt one."""
+def _segment_problem(data) -> str:
+    """Why a loaded segment cannot be trusted ('' if it can)."""
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         return "unknown format"
-    if data.get("bank") != bank:
-        return f"written for another bank ({str(data.get('bank'))[:200]})"
     keys, feats = data.get("keys"), data.get("feats")
     if not isinstance(keys, list) or not isinstance(feats, torch.Tensor) or feats.dtype != torch.float32 \
             or feats.ndim != 2 or feats.shape[0] != len(keys):
@@ -396,11 +392,6 @@ class FeatureCache:
         return (self.base() / self.transform_key(transform) / _digest(str(Path(dataset_root).resolve()))
                 / name)
 
-    def _bank_id(self, folder: Path) -> str:
-        """The identity a segment of bank ``folder`` carries: the folder relative to the cache root (backbone,
-        numerics, transform, dataset root, seed and view), the same wherever the cache folder is mounted."""
-        return folder.relative_to(self.root).as_posix()
-
     @staticmethod
     def image_keys(dataset_root, relpaths: Sequence[str]) -> list[str]:
         keys = []
@@ -462,7 +453,7 @@ class FeatureCache:
                 except Exception as e:  # noqa: BLE001 - a cache file: drop it and recompute
                     data, problem = None, f"unreadable ({type(e).__name__})"
                 else:
-                    problem = _segment_problem(data, self._bank_id(folder))
+                    problem = _segment_problem(data)
                 if problem:
                     log.info(f"feature cache segment {path} {problem}: removed, its features will be recomputed")
                     try:
@@ -641,8 +632,7 @@ class FeatureCache:
         feats = feats.contiguous()
         if len(keys) and bool((feats == 0).all(dim=1).any()):
             raise BenchError(f"the image encoder returned all-zero features (writing {folder}): not caching them")
-        data = {"format": FORMAT, "bank": self._bank_id(folder), "keys": keys, "feats": feats,
-                "checksum": _checksum(keys, feats)}
+        data = {"format": FORMAT, "keys": keys, "feats": feats, "checksum": _checksum(keys, feats)}
         with atomic_open(folder / f"{_digest(chr(10).join(keys), 24)}.pt") as fh:
             torch.save(data, fh)
         self.stats["files_written"] += 1
