@@ -7,6 +7,7 @@ import errno
 import fcntl
 import os
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,17 +39,30 @@ def disk_full_error(exc: BaseException, path: Path | str) -> DiskFull | None:
     return None
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def file_mode() -> int:
+    """The mode a plain ``open()`` would give a new file: 0o666 less the process's umask (read each time: a
+    program importing the suite may change it), so a group-shared store or cache stays readable by the group."""
+    with _UMASK_LOCK:  # os.umask can only be read by setting it
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextmanager
 def atomic_open(path: Path | str) -> Iterator[BinaryIO]:
     """Write to a temporary file beside ``path``; on success fsync and ``os.replace`` it into place.
 
-    Readers see the old file or the complete new one, never a partial one; on an exception (or a kill) the
+    The file gets the mode the umask gives (:func:`file_mode`). Readers see the old file or the complete new one, never a partial one; on an exception (or a kill) the
     temporary file is removed (or, after a hard kill, left as a hidden ``.<name>.*.tmp`` that nothing reads).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, file_mode())  # mkstemp creates 0600 whatever the umask
         with os.fdopen(fd, "wb") as fh:
             yield fh
             fh.flush()

@@ -275,6 +275,31 @@ class Method:
         """The reference hyperparameters for this protocol / dataset / shot count (docs/protocol.md §7)."""
         return {}
 
+    # ---- hooks the harness asks about a run before it runs (cached views; packing SLURM array tasks) ----------
+
+    @classmethod
+    def train_epochs(cls, hparams: dict) -> int | None:
+        """Epochs a run with ``hparams`` trains for, or None when the method does not train in epochs.
+
+        The grid caches one augmented view per epoch (at most ``--views``): epoch ``e`` sees view ``e % n_views``.
+        Default: ``hparams["epochs"]`` (None when absent)."""
+        return hparams.get("epochs")
+
+    @classmethod
+    def estimated_cost(cls, hparams: dict, n_train: int) -> float:
+        """A rough cost of one run, in relative units (training epochs × training images), from its ``hparams``
+        and ``n_train`` (shots × training classes, at least one shot). Only its scale matters: SLURM packing runs
+        several runs costing at most the profile's ``pack_max_cost`` into one array task, and sorts the others
+        most expensive first. 0 means negligible (always packed).
+
+        Default: :meth:`train_epochs` (or a ``max_epoch`` hyperparameter) × ``n_train``; 0 for a method that does
+        not train (``needs_training`` False) or does not train in epochs (e.g. the linear probe's convex fit on
+        cached features). Override it when training costs something else (e.g. a number of iterations)."""
+        epochs = cls.train_epochs(hparams) or hparams.get("max_epoch")
+        if not cls.needs_training or not epochs:
+            return 0.0
+        return float(epochs) * n_train
+
     def __init__(self, ctx: Context):
         self.ctx = ctx
         self.hp = ctx.hparams

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bench.errors import BenchError
+from bench.store import method_label
 
 # Dataset groups: the CoOp papers' 11 datasets, and the project's miniature world.
 GROUPS = ("coop11", "mini")
@@ -214,14 +215,22 @@ def normalise_overrides(method: str, overrides: dict, defaults: dict) -> dict:
     return {k: v for k, v in overrides.items() if k not in same}
 
 
-def method_label(method: str, overrides: dict) -> str:
-    if not overrides:
-        return method
-    return method + "[" + ",".join(f"{k}={v}" for k, v in sorted(overrides.items())) + "]"
-
-
 def _n_views(views: int | None, epochs) -> int | None:
     return min(views, epochs) if (views and epochs) else epochs
+
+
+def data_identity(datasets, data_root: str | None) -> dict | None:
+    """``{dataset: fingerprint}`` of every dataset a run reads (:func:`bench.data.data_fingerprint`), or None
+    when no data root is given or one of them cannot be read there: such a config hashes as before fingerprints
+    existed (its results stored by that code are found; `bench run` refuses missing data before any work)."""
+    if not data_root:
+        return None
+    from bench.data import data_fingerprint
+
+    try:
+        return {d: data_fingerprint(d, data_root) for d in datasets}
+    except BenchError:
+        return None
 
 
 def expand(
@@ -244,7 +253,8 @@ def expand(
     ``views``: cached augmented views per training image (None: ``default_views``, else one per epoch). Views
     change the numbers, so they are part of a run's identity, and of its label where they differ from the
     default (``coop[views=8]``): `bench status`, `run` and `table` then agree on what is done.
-    Every config records ``code``, the method's code version (:func:`bench.registry.code_version`).
+    Every config records ``code``, the method's code version (:func:`bench.registry.code_version`), and, with a
+    readable ``data_root``, ``data``: the fingerprint of each dataset it reads (:func:`data_identity`).
     """
     from bench.data import get_spec
     from bench.registry import code_version, get_method
@@ -273,6 +283,7 @@ def expand(
             # the hand-crafted prompt of every dataset the run touches is part of its identity: edit a spec's
             # template and its runs are redone (not silently reused)
             templates = {d: get_spec(d).template for d in dict.fromkeys([dataset, *(e["dataset"] for e in evals)])}
+            data = data_identity(templates, data_root)  # the data it reads, too: a copy's results never stand in
             for k in shots if cls.needs_training else [0]:
                 for seed in seeds if cls.needs_training else [None]:
                     hp = cls.default_hparams(protocol, dataset, k)
@@ -287,7 +298,7 @@ def expand(
                     # hparams get the declared types
                     overrides = normalise_overrides(name, scoped, hp)
                     hp = check_hparams(name, {**hp, **overrides})
-                    epochs = hp.get("epochs")
+                    epochs = cls.train_epochs(hp)
                     n_views = _n_views(views or default_views, epochs)
                     label_extra = {}
                     if cls.needs_training and n_views != _n_views(default_views, epochs):
@@ -307,6 +318,8 @@ def expand(
                         "views": n_views if cls.needs_training else None,
                         "data_root": data_root,
                     }
+                    if data:
+                        config["data"] = data
                     from bench.store import config_hash
 
                     h = config_hash(config)

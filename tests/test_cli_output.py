@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+
 from bench.cli import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -99,7 +100,7 @@ def test_old_flag_spellings_work_with_a_deprecation_note(data_root, tmp_path, ca
 
 
 def test_table_infers_the_dataset_group_from_the_store(tmp_path):
-    from bench.cli import infer_preset
+    from bench.report.query import infer_preset
     from bench.store import config_hash, write_json_atomic
 
     def put(dataset):

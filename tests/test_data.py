@@ -273,7 +273,7 @@ def test_subsample_classes_odd(fewshot_splits):
     assert all(base.classnames[it.label] == it.classname for it in base.train + base.val + base.test)
     full = data.subsample_classes(sp, which="all")
     assert full.train == sp.train and full.classnames == sp.classnames
-    assert sp.subsample("new").classnames == ["bubbly", "bumpy"]
+    assert data.subsample_classes(sp, which="new").classnames == ["bubbly", "bumpy"]
     with pytest.raises(BenchError, match="class subset"):
         data.subsample_classes(sp, which="half")
 
@@ -346,6 +346,42 @@ def test_real_imagenet_size_shortfall_is_reported(tmp_path):
     assert rep["status"] == "incomplete" and "4 of 200 class folders" in rep["message"]
 
 
+def test_a_partial_copy_of_a_released_dataset_is_incomplete(tmp_path):
+    """5 of DTD's 47 classes read fine but are not DTD: compared with the released sizes (datasets/dtd.yaml)."""
+    root = synth.make_dataset_tree("dtd", tmp_path, n_classes=5, per_class=(2, 1, 2), image_size=16)
+    assert data.check_dataset("dtd", tmp_path)["status"] == "found"  # a synthetic tree: sizes not compared
+    (root / ".synthetic").unlink()  # now it looks like a (badly) copied real DTD
+    rep = data.check_dataset("dtd", tmp_path)
+    assert rep["status"] == "incomplete" and "5 of 47 classes" in rep["message"]
+    assert "train: 10 of 2820 images" in rep["message"] and "test: 10 of 1692 images" in rep["message"]
+
+
+@pytest.mark.parametrize("damage, needle", [
+    (lambda d: d.update(test=[]), "test: 0 images"),
+    (lambda d: d.update(train=[]), "train: 0 images"),
+    (lambda d: d["train"].append(d["train"][0]), "train: 1 duplicate entries, first: "),
+    (lambda d: d.update(test=[e for e in d["test"] if e[1] != 2]), "1 class(es) without test images, first: "),
+])
+def test_check_flags_splits_a_run_cannot_use(tmp_path, damage, needle):
+    root = synth.make_dataset_tree("eurosat", tmp_path, n_classes=3, per_class=(2, 1, 2), image_size=16)
+    split = root / "split_zhou_EuroSAT.json"
+    d = json.loads(split.read_text())
+    damage(d)
+    split.write_text(json.dumps(d))
+    rep = data.check_dataset("eurosat", tmp_path)
+    assert rep["status"] == "incomplete" and needle in rep["message"], rep["message"]
+
+
+def test_check_flags_undecodable_images(tmp_path):
+    root = synth.make_dataset_tree("eurosat", tmp_path, n_classes=3, per_class=(2, 1, 2), image_size=16)
+    bad = root / data.load_splits("eurosat", tmp_path).test[1].path
+    bad.write_bytes(b"not an image at all")
+    rep = data.check_dataset("eurosat", tmp_path)
+    assert rep["status"] == "incomplete" and rep["undecodable_files"] == 1 and rep["missing_files"] == 0
+    assert f"1 image file(s) cannot be decoded, first: {bad}" in rep["message"]
+    assert data.check_dataset("eurosat", tmp_path, stat_files=False)["status"] == "found"
+
+
 # --------------------------------------------------------------------------------------------- samples
 
 
@@ -355,7 +391,7 @@ def test_write_and_read_sample(fewshot_splits, tmp_path):
     assert path == data.sample_file("dtd", 4, 2) == tmp_path / "cache" / "samples" / "dtd" / "shot_4-seed_2.json"
     assert [p.name for p in path.parent.iterdir()] == ["shot_4-seed_2.json"]  # no temp file left
     raw = json.loads(path.read_text())
-    assert set(raw) == {"dataset", "shots", "seed", "train", "val"}
+    assert set(raw) == {"dataset", "data", "shots", "seed", "train", "val"} and raw["data"] == data.fingerprint(sp)
     assert (raw["dataset"], raw["shots"], raw["seed"]) == ("dtd", 4, 2)
     assert all(not os.path.isabs(p) and p.startswith("images/") and (sp.root / p).is_file()
                for p, _, _ in raw["train"] + raw["val"])

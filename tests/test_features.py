@@ -137,7 +137,7 @@ def _only_segment(cache, root) -> Path:
 
 @pytest.mark.parametrize("recompute_checksum", [False, True])
 def test_zeroed_bank_is_detected_and_recomputed(data, bb, tmp_path, recompute_checksum, capsys):
-    from bench.features import _checksum
+    from bench.features.segments import _checksum
 
     paths, root = data["paths"], data["splits"].root
     good = FeatureCache(bb, root=tmp_path).get(root, paths, "eval")
@@ -224,9 +224,34 @@ def test_a_claim_of_a_killed_process_is_taken_over_at_once(tmp_path, tiny_ckpt):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     folder = cache.base() / "claims"
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "x.claim").write_text(f"{socket.gethostname()} {int(dead.stdout)}\n")
+    path = folder / "x.claim"
+    path.write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(), "time": 0}))
     claim = cache._claim("x")
-    assert claim is not None and claim.read_text().split() == [socket.gethostname(), str(os.getpid())]
+    assert claim is not None and json.loads(path.read_text())["pid"] == os.getpid()
     assert cache._claim("x") is None  # held by a live process (this one): wait
-    claim.write_text(f"another-host {int(dead.stdout)}\n")
+    path.write_text(json.dumps({"pid": int(dead.stdout), "host": "another-host", "time": 0}))
     assert cache._claim("x") is None  # another host's process cannot be checked: only age frees it
+    past = time.time() - 3600
+    os.utime(path, (past, past))
+    again = cache._claim("x")  # ... not refreshed for an hour: abandoned
+    assert again is not None
+    again.release()
+    claim.release()
+    assert not path.exists()
+
+
+def test_a_segment_copied_into_another_views_bank_is_not_used(data, bb, tmp_path, capsys):
+    """A valid segment moved into another bank (here: view 0's features into view 1's folder) passes every
+    content check; it names the bank it was written for, so it is removed and the view recomputed."""
+    paths, root = data["paths"], data["splits"].root
+    cache = FeatureCache(bb, root=tmp_path)
+    fresh = cache.views(root, paths, seed=1, n_views=2)
+    want0, want1 = fresh(0), fresh(1)
+    assert not torch.equal(want0, want1)
+    (seg0,) = cache.bank_dir(root, "train", view=0, seed=1).glob("*.pt")
+    (seg1,) = cache.bank_dir(root, "train", view=1, seed=1).glob("*.pt")
+    seg1.unlink()
+    seg1.write_bytes(seg0.read_bytes())  # same keys (the images), other view's crops
+    again = FeatureCache(bb, root=tmp_path).views(root, paths, seed=1, n_views=2)
+    assert torch.equal(again(1), want1) and torch.equal(again(0), want0)
+    assert "written for another bank" in capsys.readouterr().err

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from bench.store import eval_name
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -166,7 +168,7 @@ def _write_many(args):
     store = Store(root)
     for j in range(20):
         config = {"method": "m", "protocol": "fewshot", "train": {"dataset": "d", "shots": 1, "seed": j}, "evals": []}
-        store.write({"status": "complete", "hash": config_hash(config), "config": config, "metrics": {}, "writer": i})
+        store.write({"status": "complete", "hash": config_hash(config), "config": config, "metrics": {eval_name(e): {"top1": 50.0} for e in config["evals"]}, "writer": i})
 
 
 def test_concurrent_writers_never_corrupt(tmp_path):

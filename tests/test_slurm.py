@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from bench.store import eval_name
 import torch
 
 from bench.launch import slurm as bs
@@ -220,7 +222,7 @@ def test_task_records_failures_and_goes_on(world, tmp_path):
 def test_run_states_from_registry_and_queue(world, tmp_path):
     store = Store(tmp_path / "s")
     a, b, c, d, e = grid_of(world, tmp_path / "s", *COOP)[:5]
-    store.write({"status": "complete", "hash": config_hash(a), "config": a, "metrics": {}})
+    store.write({"status": "complete", "hash": config_hash(a), "config": a, "metrics": {eval_name(e): {"top1": 50.0} for e in a["evals"]}})
     store.write_failure(d, "boom")
     log = tmp_path / "7_3_0_log.err"
     log.write_text("line 1\nTraceback ...\nKilled\n")
@@ -246,7 +248,7 @@ def test_status_without_squeue_says_unknown(world, tmp_path, monkeypatch, capsys
     store = Store(tmp_path / "s")
     bs.registry_path(store).parent.mkdir(parents=True)
     bs.registry_path(store).write_text(json.dumps({"runs": {config_hash(c): {"job_id": "5_0"}}}))
-    monkeypatch.setattr(bs.shutil, "which", lambda name: None)
+    monkeypatch.setattr("shutil.which", lambda name: None)
     assert bs.run_states([c], store)[config_hash(c)]["state"] == "unknown"
     code, out, _ = cli(capsys, "status", *base(world, tmp_path / "s"), *ZEROSHOT)
     assert code == 0 and "unknown" in out.splitlines()[0] and "queue not reachable" in out

@@ -21,28 +21,15 @@ import sys
 from bench.cli.common import (DeprecatedAlias, Terminated, add_verbosity_args, install_signal_handlers,  # noqa: F401
                               print_json, restore_signal_handlers)
 from bench.cli.run import PRESETS, _weights_id, add_grid_args, build_grid, preflight, resolve_grid_args  # noqa: F401
-from bench.cli.status import infer_preset  # noqa: F401 - re-exported
 from bench.errors import BenchError
 
 # The sub-command modules, in the order ``bench --help`` lists them; each has add_command(subparsers).
 COMMANDS = ("bench.cli.run", "bench.cli.status", "bench.cli.list", "bench.cli.data", "bench.cli.table",
             "bench.cli.plot", "bench.perf", "bench.cli.demo")
-# Modules of another branch that may be absent for now (the report commands being moved into the CLI): until
-# they land, the commands come from where they lived before. TODO(integrator): delete with the report merge.
-OPTIONAL = {"bench.cli.table": "bench.report", "bench.cli.plot": "bench.report.plots"}
 
 
 def _command_modules() -> list:
-    out = []
-    for name in COMMANDS:
-        try:
-            out.append(importlib.import_module(name))
-        except ModuleNotFoundError as e:
-            if name in OPTIONAL and e.name == name:
-                out.append(importlib.import_module(OPTIONAL[name]))
-                continue
-            raise
-    return out
+    return [importlib.import_module(name) for name in COMMANDS]
 
 
 def build_parser() -> argparse.ArgumentParser:

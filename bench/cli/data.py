@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from bench.cli.common import DeprecatedAlias, parse_csv
@@ -28,11 +27,9 @@ def add_command(sub) -> None:
 
 
 def cmd_data(args) -> int:
-    from bench.data import check_dataset, get_spec, list_specs, load_splits, write_sample
+    from bench.data import check_dataset, get_spec, list_specs, load_splits, resolve_data_root, write_sample
 
-    data_root = args.data_root or os.environ.get("BENCH_DATA")
-    if not data_root:
-        raise BenchError("no data root: pass --data-root DIR (or set BENCH_DATA)")
+    data_root = resolve_data_root(args.data_root, required=True)
     if args.data_cmd == "check":
         keys = parse_csv(args.datasets, "--datasets")
         specs = [get_spec(k) for k in keys] if keys else [s for s in list_specs() if s.group in ("coop11", "imagenet_variant")]

@@ -63,11 +63,12 @@ def cmd_demo(args) -> int:
     import torch
 
     from bench.cli import main
-    from bench.features import usable_cpus
+    from bench.data.images import usable_cpus
 
     on_cpu = not torch.cuda.is_available()
     if on_cpu:
         torch.set_num_threads(1)  # the miniature models are tiny: one thread is fastest and immune to busy cores
+        os.environ["BENCH_THREADS"] = "1"  # also in every `bench run` step and the second process, whatever the shell set
     share = on_cpu and usable_cpus() >= 2 and not args.one_process
     extra = ["--results", args.results] if args.results else []
     t0 = time.time()

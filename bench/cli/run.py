@@ -106,11 +106,13 @@ def resolve_grid_args(args) -> dict:
         if args.pretrained:
             raise BenchError(f"{backbone} brings its own weights from the Hugging Face Hub: leave out --pretrained")
         pretrained = "hf-hub"
-    data_root = args.data_root or os.environ.get("BENCH_DATA")
+    from bench.data import resolve_data_root
+
+    data_root = resolve_data_root(args.data_root)
     if args.preset == "mini" and not args.data_root:
         from bench.mini.build import ensure_data
 
-        data_root = str(ensure_data())
+        data_root = resolve_data_root(ensure_data())
     arch, _ = resolve_arch(backbone, pretrained)
     sweep = parse_sweep(args.overrides)  # expanded before any validation: each set is checked on its own
     return {
@@ -126,7 +128,7 @@ def resolve_grid_args(args) -> dict:
         "precision": _precision(args),
         "views": args.views,
         "default_views": preset.get("views"),
-        "data_root": str(Path(data_root).expanduser().resolve()) if data_root else None,
+        "data_root": data_root,
     }
 
 
@@ -267,12 +269,14 @@ def preflight(grid: list[dict], load_backbone: bool = True, device: str | None =
 
 
 def cmd_run(args) -> int:
-    from bench.launch import launch_local, pending
+    from bench.launch import launch_local
+    from bench.launch.threads import apply_threads
 
+    apply_threads()  # BENCH_THREADS: checked before any work
     grid, g = build_grid(args)
     store = store_from_args(args)
     if args.dry_run:
-        todo = {id(c) for c in pending(grid, store)}
+        todo = {id(c) for c in store.pending(grid)}
         if args.json:
             from bench.store import config_hash
 

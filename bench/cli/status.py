@@ -15,31 +15,10 @@ def add_command(sub) -> None:
     p.set_defaults(func=cmd_status)
 
 
-def infer_preset(results: str | None, protocol: str | None = None) -> str | None:
-    """'mini' when the store holds only results of the miniature world's datasets, 'coop11' when it holds
-    results of other datasets, None when it is empty (table/plot/status without --preset)."""
-    from bench.data import get_spec
-    from bench.store import Store
-
-    store = Store(results) if results else Store()
-    if not store.root.is_dir():
-        return None
-    groups = set()
-    for r in store.all_results():
-        c = r.get("config") or {}
-        if protocol and c.get("protocol") != protocol:
-            continue
-        try:
-            groups.add(get_spec(c["train"]["dataset"]).group)
-        except Exception:  # noqa: BLE001 - hand-made results of unknown datasets
-            groups.add("other")
-    if not groups:
-        return None
-    return "mini" if groups <= {"mini", "mini_variant"} else "coop11"
-
-
 def cmd_status(args) -> int:
     from collections import Counter
+
+    from bench.report.query import infer_preset
 
     from bench.launch.slurm import print_status_details, run_states
     from bench.store import config_hash

@@ -17,24 +17,22 @@ Determinism: the augmentation of sample image ``i`` in epoch ``e`` is drawn from
 the number of workers, and a run resumed at step ``k`` of epoch ``e`` starts the sampler there (the skipped
 batches are not decoded) and continues exactly as an uninterrupted one.
 
-DataLoader worker processes ignore the preemption and termination signals (:class:`SignalSafeLoader`): forked
-from the main process, they would otherwise run its handlers too (a SLURM preemption handled twice); the main
-process handles the signal and stops its workers.
+Images are decoded by the suite's one image dataset (:class:`bench.data.images.ImageFiles`) in DataLoader workers
+that ignore the preemption and termination signals (:class:`bench.data.images.SignalSafeLoader`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
-from PIL import Image
 
 from bench import log
+from bench.data.images import ImageFiles, SignalSafeLoader, collate, usable_cpus
 from bench.errors import BenchError
 from bench.engine.loop import batches, fit, sgd, warmup_cosine
 
@@ -49,39 +47,8 @@ def worker_count() -> int:
     env = os.environ.get("BENCH_WORKERS")
     if env:
         return max(0, int(env))
-    from bench.features import usable_cpus
-
     n = usable_cpus()
     return min(8, n - 1) if n > 1 else 0
-
-
-_WORKER_IGNORES = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM, signal.SIGHUP)
-
-
-def worker_init(worker_id: int = 0) -> None:
-    """DataLoader ``worker_init_fn``: the worker ignores SIGUSR1/SIGUSR2 (preemption), SIGTERM and SIGHUP, whose
-    handlers it inherited from the main process, then unblocks them (:class:`SignalSafeLoader` forks it with them
-    blocked); the main process handles them and stops its workers."""
-    for sig in _WORKER_IGNORES:
-        signal.signal(sig, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _WORKER_IGNORES)
-
-
-class SignalSafeLoader(torch.utils.data.DataLoader):
-    """A DataLoader whose worker processes never run the main process's signal handlers: the signals are blocked
-    while the workers are forked (a signal then reaches the main process a moment later) and ignored in them."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, worker_init_fn=worker_init, **kwargs)
-
-    def _get_iterator(self):
-        if self.num_workers == 0:
-            return super()._get_iterator()
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _WORKER_IGNORES)
-        try:
-            return super()._get_iterator()  # forks the workers
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _seed(*parts) -> int:
@@ -93,35 +60,28 @@ def augmentation_seed(run_seed: int, relpath: str, epoch: int) -> int:
     return _seed("aug", int(run_seed), relpath, int(epoch))
 
 
-class _Images(torch.utils.data.Dataset):
-    """key (i, epoch) -> (augmented image, i, error); epoch None -> the test transform, no RNG."""
+class _Images(ImageFiles):
+    """Key (i, epoch) -> image i augmented for that epoch (torch's RNG seeded by :func:`augmentation_seed`, the
+    caller's CPU RNG state kept); key i -> the transform as is (the test transform, no RNG)."""
 
     def __init__(self, root: Path, relpaths: list[str], transform, run_seed: int = 0):
-        self.root, self.relpaths, self.transform, self.run_seed = Path(root), list(relpaths), transform, run_seed
+        super().__init__(root, relpaths)
+        self.transform, self.run_seed = transform, run_seed
 
-    def __len__(self):
-        return len(self.relpaths)
-
-    def __getitem__(self, key):
-        i, epoch = key if isinstance(key, tuple) else (key, None)
-        path = self.root / self.relpaths[i]
-        try:
-            with Image.open(path) as im:
-                img = im.convert("RGB")
-        except Exception as e:  # noqa: BLE001 - reported as one line by the main process
-            return torch.zeros(0), i, f"cannot decode image {path}: {type(e).__name__}: {e}".splitlines()[0]
+    def draw(self, img, relpath: str, epoch) -> list[torch.Tensor]:
         if epoch is None:
-            return self.transform(img), i, ""
+            return [self.transform(img)]
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(augmentation_seed(self.run_seed, self.relpaths[i], epoch))
-            return self.transform(img), i, ""
+            torch.manual_seed(augmentation_seed(self.run_seed, relpath, epoch))
+            return [self.transform(img)]
 
 
-def _collate(batch):
-    for _, _, err in batch:
+def _checked(loader):
+    """(images, index) of each batch of ``loader``; an image that cannot be decoded is one line here."""
+    for images, index, err, _, _ in loader:
         if err:
             raise BenchError(err)
-    return torch.stack([x for x, _, _ in batch]), torch.tensor([i for _, i, _ in batch], dtype=torch.long)
+        yield images, torch.tensor(index, dtype=torch.long)
 
 
 class _EpochBatches(torch.utils.data.Sampler):
@@ -166,7 +126,7 @@ class ImageLoader:
         workers = worker_count() if workers is None else workers
         ds = _Images(data.root, data.relpaths, data.backbone.train_transform, data.run_seed)
         self.loader = SignalSafeLoader(
-            ds, batch_sampler=self.sampler, num_workers=workers, collate_fn=_collate,
+            ds, batch_sampler=self.sampler, num_workers=workers, collate_fn=collate,
             persistent_workers=workers > 0, pin_memory=data.backbone.device.startswith("cuda"))
 
     def __len__(self):
@@ -178,7 +138,7 @@ class ImageLoader:
         batches_of_epoch = iter(self.loader)  # now, not at the first batch: the loop restores RNG states after it
         b = self.data.backbone
         return (ImageBatch(images.to(b.device, non_blocking=True), self.data.labels[index].to(b.device), index, b)
-                for images, index in batches_of_epoch)
+                for images, index in _checked(batches_of_epoch))
 
 
 class ImageBatches:
@@ -220,13 +180,12 @@ class ImageTrainData:
 
 def build_image_train_data(config: dict, backbone, data_root, workers: int | None = None):
     """Few-shot sample (the suite's shared picks) -> class subsample -> an :class:`ImageTrainData`."""
-    from bench.data import fewshot_sample, load_splits, sample_file, subsample_classes, write_sample
+    from bench.data import fewshot_sample, load_splits, record_sample, subsample_classes
 
     tr = config["train"]
     splits = load_splits(tr["dataset"], data_root)
     sample = fewshot_sample(splits, tr["shots"], tr["seed"])
-    if not sample_file(tr["dataset"], tr["shots"], tr["seed"]).is_file():
-        write_sample(splits, tr["shots"], tr["seed"])
+    record_sample(splits, tr["shots"], tr["seed"])
     train, _, _, names = subsample_classes(sample["train"], sample["val"], [], tr["classes"])
     data = ImageTrainData(root=Path(splits.root), relpaths=[it.path for it in train],
                           labels=torch.tensor([it.label for it in train], dtype=torch.long), backbone=backbone,
@@ -240,10 +199,10 @@ def stream_logits(method, backbone, root, relpaths: list[str], classnames: list[
     workers = worker_count() if workers is None else workers
     ds = _Images(Path(root), relpaths, backbone.eval_transform)
     loader = SignalSafeLoader(ds, batch_size=batch_size, num_workers=min(workers, len(ds) // batch_size),
-                              collate_fn=_collate)
+                              collate_fn=collate)
     out = []
     with torch.no_grad():
-        for images, _ in log.progress(loader, desc=f"test {Path(root).name}", total=len(loader)):
+        for images, _ in _checked(log.progress(loader, desc=f"test {Path(root).name}", total=len(loader))):
             out.append(method.logits(images.to(backbone.device), classnames).float().cpu())
     return torch.cat(out) if out else torch.zeros(0, len(classnames))
 

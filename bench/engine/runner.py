@@ -22,7 +22,7 @@ from bench.errors import BenchError
 from bench.features import FeatureCache
 from bench.method import Checkpointer, Context, TrainData, Unsupported
 from bench.paths import in_checkout, repo_root
-from bench.store import Store, config_hash
+from bench.store import Store, config_hash, eval_name
 from bench.engine.loop import deterministic_cuda
 
 _BACKBONES: dict = {}
@@ -102,6 +102,7 @@ def environment(device: str | None = None) -> dict:
         "git_commit": commit,
         "git_dirty": dirty,
         "device": device,
+        "torch_threads": torch.get_num_threads(),  # CPU numbers depend on it in their last bits (bench.launch.threads)
         "hostname": socket.gethostname(),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "slurm_array_job_id": os.environ.get("SLURM_ARRAY_JOB_ID"),
@@ -133,7 +134,7 @@ def _on_device(view, dev):
 
 def build_train_data(config: dict, backbone, cache: FeatureCache, data_root):
     """Few-shot sample (the suite's shared, reference-identical picks) -> class subsample -> cached features."""
-    from bench.data import fewshot_sample, load_splits, sample_file, subsample_classes, write_sample
+    from bench.data import fewshot_sample, load_splits, record_sample, subsample_classes
 
     from bench.data import require_train_images
 
@@ -141,8 +142,7 @@ def build_train_data(config: dict, backbone, cache: FeatureCache, data_root):
     splits = load_splits(tr["dataset"], data_root)
     require_train_images(splits)
     sample = fewshot_sample(splits, tr["shots"], tr["seed"])
-    if not sample_file(tr["dataset"], tr["shots"], tr["seed"]).is_file():
-        write_sample(splits, tr["shots"], tr["seed"])  # the record users can diff against the reference's picks
+    record_sample(splits, tr["shots"], tr["seed"])  # the record users can diff against the reference's picks
     train, val, _, names = subsample_classes(sample["train"], sample["val"], [], tr["classes"])
     root = splits.root
     paths = [it.path for it in train]
@@ -204,20 +204,24 @@ def label_space(config: dict, data_root) -> list[str]:
 def execute(config: dict, store: Store | None = None, checkpointer: Checkpointer | None = None,
             checkpoint_every: int = 0, device: str | None = None) -> dict:
     """Run one config end to end and write its result; returns the result (or the stored one if complete)."""
-    from bench.data import get_spec
+    from bench.data import check_fingerprints, get_spec, resolve_data_root
     from bench.registry import code_version, get_method
 
     store = store or Store()
     done = store.load(config)
     if done is not None:
         return done
-    data_root = config.get("data_root")
-    if not data_root:
-        raise BenchError("no data root: pass --data-root DIR (or set BENCH_DATA)")
+    data_root = resolve_data_root(config.get("data_root"), environ=False, required=True)
+    check_fingerprints(config.get("data"), data_root)
     cls = get_method(config["method"])
     if config.get("code", code_version(cls)) != code_version(cls):  # e.g. a queued SLURM task after an edit
         raise BenchError(f"the code of method {config['method']} changed since this run was planned: run "
                          f"`bench run` again to plan it with the current code")
+    for ev in config["evals"]:  # an evaluation over no images has no accuracy: refuse before any work
+        if not _split_for(data_root, ev["dataset"], ev["classes"])[1]:
+            which = "" if ev["classes"] == "all" else f" ({ev['classes']} classes)"
+            raise BenchError(f"dataset {ev['dataset']}: its test split{which} holds no images under "
+                             f"{data_root}; nothing to evaluate (`bench data check` lists each split)")
     t0 = time.time()
     determinism = deterministic_cuda() if str(device or default_device()).startswith("cuda") else None
     backbone, cache = get_backbone(config["backbone"], config.get("precision", "auto"), device)
@@ -252,7 +256,7 @@ def execute(config: dict, store: Store | None = None, checkpointer: Checkpointer
     evaluations = {}
     t_eval = time.time()
     for ev in config["evals"]:
-        name = ev["dataset"] if ev["classes"] == "all" else f"{ev['dataset']}:{ev['classes']}"
+        name = eval_name(ev)
         root, items, names = _split_for(data_root, ev["dataset"], ev["classes"])
         labels = torch.tensor([it.label for it in items], dtype=torch.long)
         with ctx.evaluating(ev["dataset"]):  # hand-crafted prompts: the evaluated dataset's template

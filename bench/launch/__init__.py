@@ -1,81 +1,21 @@
-"""Running a grid of run configs: in this process (``local``) or as SLURM job arrays (``slurm``)."""
+"""Running a grid of run configs: in this process (:mod:`bench.launch.local`) or as SLURM job arrays
+(:mod:`bench.launch.slurm`). The CLI chooses; neither launcher imports the other. Which runs of a grid still need
+doing is a question to the store (:meth:`bench.store.Store.pending`).
+
+The entry points, :func:`launch_local` and :func:`launch_slurm`, are importable from here and loaded on first use,
+so that importing one launcher (a SLURM task importing :mod:`bench.launch.slurm`) never loads the other.
+"""
 
 from __future__ import annotations
 
-import time
+import importlib
 
-from bench import log
-from bench.engine.checkpoint import FileCheckpointer, checkpoint_path, local_policy
-from bench.engine.runner import execute_safely
-from bench.store import Store, release_claims
+_ENTRY_POINTS = {"launch_local": "bench.launch.local", "launch_slurm": "bench.launch.slurm.submit"}
 
-WAIT_POLL_S = 1.0  # how often a command re-checks the runs another process is executing
+__all__ = list(_ENTRY_POINTS)
 
 
-def pending(grid: list[dict], store: Store) -> list[dict]:
-    """The runs of ``grid`` without a complete result (missing or failed)."""
-    return [c for c in grid if not store.is_complete(c)]
-
-
-def launch_local(grid: list[dict], store: Store, device: str | None = None) -> dict:
-    """Run every missing config in this process, one after the other; a failing run never stops the grid.
-
-    Each run is claimed before it executes (:meth:`Store.claim`), so concurrent commands on one store share
-    the work: a run another live process holds is left to it and waited for at the end. Counts: ``ran`` and
-    ``failed`` here, ``skipped`` (complete before this command), ``by_other`` (completed by another process),
-    ``failed_other`` (failed in another process)."""
-    policy = local_policy()  # training-state checkpoints beside the results: a killed run resumes
-    todo = pending(grid, store)
-    log.info(f"{len(grid)} runs in the grid, {len(grid) - len(todo)} already complete, {len(todo)} to run")
-    counts = {"ran": 0, "failed": 0, "by_other": 0, "failed_other": 0}
-    waiting: dict[int, tuple[dict, float]] = {}
-
-    def attempt(config: dict, seen_at: float | None) -> bool:
-        """Run ``config`` if it can be claimed; False when another process holds it."""
-        claim = store.claim(config)
-        if claim is None:
-            return False
-        try:
-            if store.is_complete(config):
-                counts["by_other"] += 1
-            elif seen_at is not None and _failed_since(store, config, seen_at):
-                counts["failed_other"] += 1
-            elif execute_safely(config, store, device=device, checkpoint_every=policy["every"], checkpointer=
-                                FileCheckpointer(checkpoint_path(store, config), policy["every_steps"],
-                                                 policy["every_s"])) is None:
-                counts["failed"] += 1
-            else:
-                counts["ran"] += 1
-        finally:
-            claim.release()
-        return True
-
-    try:
-        for config in log.progress(todo, desc="runs", total=len(todo)):
-            if not attempt(config, None):
-                waiting[id(config)] = (config, time.time())
-        if waiting:
-            log.info(f"{len(waiting)} run(s) are being executed by another process: waiting for them")
-        while waiting:
-            time.sleep(WAIT_POLL_S)
-            for key, (config, seen_at) in list(waiting.items()):
-                if attempt(config, seen_at):  # released: done, failed there, or abandoned (then run here)
-                    del waiting[key]
-    finally:
-        release_claims()  # interrupted (Ctrl-C, SIGTERM): no claim of this process outlives it
-    return {"total": len(grid), "skipped": len(grid) - len(todo), **counts}
-
-
-def _failed_since(store: Store, config: dict, t: float) -> bool:
-    path = store.failure_path(config)
-    try:
-        return path.stat().st_mtime >= t - 1.0
-    except OSError:
-        return False
-
-
-def launch_slurm(grid: list[dict], store: Store, args) -> dict:
-    """Submit the missing runs of ``grid`` as SLURM job arrays (see :mod:`bench.launch.slurm`); returns at once."""
-    from bench.launch.slurm import launch_slurm as _launch_slurm
-
-    return _launch_slurm(grid, store, args)
+def __getattr__(name: str):
+    if name in _ENTRY_POINTS:
+        return getattr(importlib.import_module(_ENTRY_POINTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -52,7 +52,6 @@ STYLES = ["filled", "outline", "swatch"]  # swatch: the pattern fills the whole 
 # pretrained image tower knows a pattern at any zoom, as a real CLIP does: CoOp's training augmentation
 # (random resized crops down to 8 % of the area) zooms in up to 3.5x
 PATTERN_SCALE = (1.0, 3.0)
-POSITIONS = ["in the center", "on the left", "on the right", "at the top", "at the bottom"]
 
 COLOR_NAMES = list(COLORS)
 _COLOR_RGB = np.array([COLORS[c] for c in COLOR_NAMES], dtype=np.float32)
@@ -308,15 +307,6 @@ def render(attrs: dict[str, np.ndarray], rng: np.random.Generator, image_size: i
 
 # ------------------------------------------------------------------------------------------ captions
 _SIZE_WORDS = {"small": ["small", "tiny", "small"], "medium": ["", "", "medium"], "large": ["large", "big", "large"]}
-
-
-def _position_phrase(cx: float, cy: float, size: int) -> str:
-    ox, oy = (cx - size / 2) / size, (cy - size / 2) / size
-    if max(abs(ox), abs(oy)) < 0.12:
-        return POSITIONS[0]
-    if abs(ox) >= abs(oy):
-        return POSITIONS[1] if ox < 0 else POSITIONS[2]
-    return POSITIONS[3] if oy < 0 else POSITIONS[4]
 
 
 def captions(attrs: dict[str, np.ndarray], rng: np.random.Generator, image_size: int = 32,

@@ -242,14 +242,13 @@ def measure(args) -> dict:
 
 
 def _stack(items):
-    import torch
+    from bench.data.images import collate
+    from bench.errors import BenchError
 
-    for _, err in items:
-        if err:
-            from bench.errors import BenchError
-
-            raise BenchError(err)
-    return torch.stack([x for x, _ in items])
+    x, _, err, _, _ = collate(items)
+    if err:
+        raise BenchError(err)
+    return x
 
 
 def report(m: dict) -> str:

@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
-import socket
 import tempfile
-import threading
-import time
 from numbers import Real
 from pathlib import Path
 
-from bench import log
+from bench import claims, log
 from bench.errors import BenchError
 from bench.fileio import DiskFull, atomic_open, clean_stale_temps
 from bench.paths import results_dir
@@ -61,12 +57,58 @@ def _changed_template(config: dict) -> str | None:
     return None
 
 
+def legacy_fallback(store: "Store", config: dict) -> dict:
+    """The config whose stored result stands for ``config`` when none is stored at its own hash (else ``config``).
+
+    With a data fingerprint (``data``): the same config without it, a result written by code before fingerprints
+    (counted: there is nothing to verify its data against). Without one (no data root given, e.g. `bench status`
+    without --data-root): a complete result of this run on any data."""
+    path = store.path_for(config)
+    if path.exists():
+        return config
+    if "data" in config:
+        legacy = {k: v for k, v in config.items() if k != "data"}
+        return legacy if store.path_for(legacy).exists() else config
+    want = config_hash(config)
+    for other in sorted(path.parent.glob(path.name.rsplit("-", 1)[0] + "-*.json")):
+        data = store._read(other) if not other.name.endswith(".failed.json") else None
+        cfg = data.get("config") if isinstance(data, dict) and data.get("status") == "complete" else None
+        if isinstance(cfg, dict) and "data" in cfg and config_hash({k: v for k, v in cfg.items() if k != "data"}) == want:
+            return cfg
+    return config
+
+
 class StoreError(BenchError):
     """The results store cannot be written: nothing more can be stored, so the grid stops (results kept)."""
 
 
 def _is_number(x) -> bool:
     return isinstance(x, Real) and not isinstance(x, bool)
+
+
+def eval_name(ev: dict) -> str:
+    """The key of one evaluation in a result's metrics: the dataset, or ``dataset:base`` / ``dataset:new``."""
+    return ev["dataset"] if ev.get("classes", "all") == "all" else f"{ev['dataset']}:{ev['classes']}"
+
+
+def method_label(method: str, overrides: dict) -> str:
+    """A run's label: the method, with the hyperparameters set on the command line, e.g. ``coop[epochs=2]``."""
+    if not overrides:
+        return method
+    return method + "[" + ",".join(f"{k}={v}" for k, v in sorted(overrides.items())) + "]"
+
+
+def derived_label(cfg: dict) -> str:
+    """The label a result is shown under, from its hashed config (the stored ``label`` is not hashed, so a
+    hand-edited one must not move a run to another row): the stored label when the config's method and overrides
+    (and its views) give it, else the method with its overrides."""
+    method, overrides = cfg.get("method", ""), cfg.get("overrides") or {}
+    if not isinstance(overrides, dict):
+        overrides = {}
+    allowed = {method_label(method, overrides)}
+    if cfg.get("views") is not None:
+        allowed.add(method_label(method, {**overrides, "views": cfg["views"]}))
+    return cfg["label"] if cfg.get("label") in allowed else method_label(method, overrides)
 
 
 def result_problem(data, config: dict | None = None) -> str | None:
@@ -94,14 +136,23 @@ def result_problem(data, config: dict | None = None) -> str | None:
     metrics = data.get("metrics")
     if not isinstance(metrics, dict):
         return "metrics is not an object"
+    evals = cfg.get("evals")
+    if evals is not None:  # every evaluation the run was asked for, and nothing else
+        if not isinstance(evals, list) or not all(isinstance(e, dict) and "dataset" in e for e in evals):
+            return "config.evals is not a list of evaluations"
+        want = [eval_name(e) for e in evals]
+        missing, extra = [n for n in want if n not in metrics], sorted(set(metrics) - set(want))
+        if missing or extra:
+            return (f"metrics for {', '.join(missing)} missing" if missing else
+                    f"metrics for {', '.join(extra)}, which the run was not asked to evaluate")
     for name, m in metrics.items():
         if not isinstance(m, dict):
             return f"metrics[{name!r}] is not an object"
         top1 = m.get("top1")
         if top1 is None and "unsupported" not in m:
             return f"metrics[{name!r}] has no top1"
-        if top1 is not None and (not _is_number(top1) or not (0 <= top1 <= 100 or math.isnan(top1))):
-            return f"metrics[{name!r}].top1 is not a percentage"
+        if top1 is not None and (not _is_number(top1) or not 0 <= top1 <= 100):  # NaN fails both comparisons
+            return f"metrics[{name!r}].top1 is not a percentage ({top1!r})"
         if m.get("macro_f1") is not None and not _is_number(m["macro_f1"]):
             return f"metrics[{name!r}].macro_f1 is not a number"
         pc = m.get("per_class")
@@ -117,70 +168,6 @@ def _report_invalid(path: Path, why: str) -> None:
     if str(path) not in _REPORTED:
         _REPORTED.add(str(path))
         log.info(f"warning: invalid result file {path} ({why}): not counted as done; `bench run` redoes it")
-
-
-# A run's claim is refreshed every CLAIM_HEARTBEAT_S; one not refreshed for CLAIM_STALE_S is abandoned (its process
-# died on another host, or hangs); on this host a claim whose process is gone is abandoned at once.
-CLAIM_HEARTBEAT_S = 30.0
-CLAIM_STALE_S = float(os.environ.get("BENCH_CLAIM_STALE_S", 300))
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-class Claim:
-    """This process is executing a run: ``<result>.claim`` (pid, host, time), kept fresh by a heartbeat thread."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        _HELD.add(self)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, daemon=True, name=f"claim {path.name}")
-        self._thread.start()
-
-    def _beat(self) -> None:
-        while not self._stop.wait(CLAIM_HEARTBEAT_S):
-            try:
-                os.utime(self.path)
-            except OSError:
-                return
-
-    def release(self) -> None:
-        self._stop.set()
-        _HELD.discard(self)
-        info = _read_claim(self.path)
-        if info is not None and info.get("pid") == os.getpid() and info.get("host") == socket.gethostname():
-            self.path.unlink(missing_ok=True)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.release()
-
-
-_HELD: set = set()  # the claims this process holds
-
-
-def release_claims() -> None:
-    """Release every claim this process still holds (on the way out of an interrupted grid)."""
-    for claim in list(_HELD):
-        claim.release()
-
-
-def _read_claim(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 class Store:
@@ -205,6 +192,7 @@ class Store:
 
     def load(self, config: dict) -> dict | None:
         """The complete result of this run, or None (an invalid file is reported once, by path, and not used)."""
+        config = legacy_fallback(self, config)
         path = self.path_for(config)
         if not path.exists():
             return None
@@ -217,6 +205,10 @@ class Store:
 
     def is_complete(self, config: dict) -> bool:
         return self.load(config) is not None
+
+    def pending(self, grid: list[dict]) -> list[dict]:
+        """The runs of ``grid`` without a complete result here (missing or failed), in grid order."""
+        return [c for c in grid if not self.is_complete(c)]
 
     def write(self, result: dict) -> Path:
         path = self.path_for(result["config"])
@@ -250,6 +242,7 @@ class Store:
             data = self._read(path)
             why = "not readable JSON" if data is None else result_problem(data)
             if why is None:
+                data["config"]["label"] = derived_label(data["config"])
                 out.append(data)
             else:
                 _report_invalid(path, why)
@@ -309,47 +302,13 @@ class Store:
 
     def claim_holder(self, config: dict) -> dict | None:
         """The live claim on this run (pid, host, time), or None when unclaimed or abandoned."""
+        return claims.holder(self.claim_path(config))
+
+    def claim(self, config: dict) -> "claims.Claim | None":
+        """Claim this run for this process (:mod:`bench.claims`), taking over an abandoned claim; None when another
+        live process holds it."""
         path = self.claim_path(config)
         try:
-            st = path.stat()
-        except OSError:
-            return None
-        info = _read_claim(path)
-        age = time.time() - st.st_mtime
-        if info is None:  # being written right now, or left empty by a crash
-            return {"pid": None, "host": None} if age < 10 else None
-        if info.get("host") == socket.gethostname() and isinstance(info.get("pid"), int):
-            if not _pid_alive(info["pid"]):
-                return None
-        if age > CLAIM_STALE_S:
-            return None
-        return info
-
-    def claim(self, config: dict) -> Claim | None:
-        """Claim this run for this process (``O_EXCL`` claim file), taking over an abandoned claim; None when
-        another live process holds it."""
-        path = self.claim_path(config)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(5):
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                if self.claim_holder(config) is not None:
-                    return None
-                stale = path.with_name(f".{path.name}.{os.getpid()}.stale")
-                try:  # atomic: of several processes taking over, one renames it, the others retry the O_EXCL
-                    os.rename(path, stale)
-                    stale.unlink(missing_ok=True)
-                except FileNotFoundError:
-                    pass
-                continue
-            except OSError as e:
-                raise StoreError(f"cannot write {path}: {e.strerror or type(e).__name__}") from None
-            try:
-                with os.fdopen(fd, "w") as fh:
-                    json.dump({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}, fh)
-                return Claim(path)
-            except BaseException:  # interrupted while claiming: leave no claim behind
-                path.unlink(missing_ok=True)
-                raise
-        return None
+            return claims.acquire(path)
+        except OSError as e:
+            raise StoreError(f"cannot write {path}: {e.strerror or type(e).__name__}") from None
