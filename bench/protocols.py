@@ -84,7 +84,7 @@ def evals_for(protocol: str, dataset: str, group: str) -> list[dict]:
 
 
 def parse_int_list(text: str, what: str) -> list[int]:
-    """'1,2,4' -> [1, 2, 4]; one-line error otherwise."""
+    """'1,2,4' -> [1, 2, 4]; one-line error otherwise (seeds must fit numpy's and torch's 32-bit seed range)."""
     parts = str(text).split(",")
     if any(x.strip() == "" for x in parts) and str(text).strip() != "":
         raise BenchError(f"bad --{what} {text!r}: empty entry in the list (expected e.g. 1,2,4)")
@@ -96,26 +96,35 @@ def parse_int_list(text: str, what: str) -> list[int]:
         raise BenchError(f"bad --{what} {text!r}: empty list")
     if what == "shots" and any(v < 1 for v in values):
         raise BenchError(f"bad --shots {text!r}: shot counts must be >= 1")
-    if what == "seeds" and any(v < 0 for v in values):
-        raise BenchError(f"bad --seeds {text!r}: seeds must be >= 0")
+    if what == "seeds" and any(v < 0 or v >= 2**32 for v in values):
+        raise BenchError(f"bad --seeds {text!r}: seeds must be in [0, 2**32 - 1]")
     return sorted(set(values), key=values.index)
 
 
-def parse_overrides(pairs: list[str] | None) -> dict:
-    """['n_ctx=4', 'ctx_init=a photo of a'] -> {'n_ctx': 4, 'ctx_init': 'a photo of a'} (values parsed as YAML)."""
+def split_pair(pair: str, flag: str, example: str) -> tuple[str, str]:
+    """'KEY=VALUE' -> ('KEY', 'VALUE') (the key stripped); one-line error naming ``flag`` otherwise."""
+    key, eq, value = pair.partition("=")
+    if not eq or not key.strip():
+        raise BenchError(f"bad {flag} {pair!r}: expected KEY=VALUE, e.g. {flag} {example}")
+    return key.strip(), value
+
+
+def parse_value(text: str, empty=None, scalar: bool = True):
+    """The one KEY=VALUE value parser (``--set``, ``--slurm``): the text read as YAML (``4`` -> 4, ``0.002``,
+    ``true``, ``null``, ``'quoted'``; YAML 1.1 keeps ``1e-3`` as text, which a declared float converts); text that
+    is not valid YAML stays text; an empty value is ``empty``. ``scalar``: a YAML list or mapping stays its text
+    (hyperparameters are scalars)."""
     import yaml
 
-    out = {}
-    for pair in pairs or []:
-        if "=" not in pair:
-            raise BenchError(f"bad --set {pair!r}: expected KEY=VALUE, e.g. --set n_ctx=4")
-        key, value = pair.split("=", 1)
-        try:
-            parsed = yaml.safe_load(value) if value.strip() else ""
-        except yaml.YAMLError:
-            parsed = value
-        out[key.strip()] = parsed if isinstance(parsed, (int, float, bool, str)) or parsed is None else value
-    return out
+    if not text.strip():
+        return empty
+    try:
+        parsed = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if scalar and not (isinstance(parsed, (int, float, bool, str)) or parsed is None):
+        return text
+    return parsed
 
 
 def check_hparams(method: str, hparams: dict) -> dict:
@@ -129,19 +138,33 @@ def check_hparams(method: str, hparams: dict) -> dict:
     return {k: spec[k].convert(k, v, f" of method {method}") if k in spec else v for k, v in hparams.items()}
 
 
+def check_undeclared(method: str, overrides: dict, defaults: dict) -> None:
+    """Overrides of hyperparameters the method declares no ``hparam_spec`` for: the type is inferred from the
+    default (an integer, a number, true/false) and a value of another type is refused in one line, at grid
+    build rather than inside the run. The value itself is kept as given (it is part of the run's identity)."""
+    from bench.method import Param
+    from bench.registry import get_method
+
+    spec = get_method(method).hparam_spec
+    for key, value in overrides.items():
+        default = defaults.get(key)
+        if key in spec or default is None or type(default) not in (bool, int, float):
+            continue
+        Param(type(default)).convert(key, value, f" of method {method} (its default is {default!r})")
+
+
 def parse_sweep(pairs: list[str] | None) -> list[dict]:
     """``--set`` values with commas are sweeps: ['n_ctx=2,4', 'lr=0.1'] -> [{'n_ctx': 2, 'lr': 0.1},
     {'n_ctx': 4, 'lr': 0.1}] (the cartesian product over swept keys, in the order given). A value that must hold
-    a comma is quoted YAML-style: --set 'ctx_init="a, b"'. Each resulting set is one labelled set of runs."""
+    a comma is quoted YAML-style: --set 'ctx_init="a, b"'. Each resulting set is one labelled set of runs.
+    A key may be scoped to one method (``coop.epochs=2``): see :func:`overrides_for`."""
     import itertools
 
     import yaml
 
     keys, choices = [], []
     for pair in pairs or []:
-        if "=" not in pair:
-            raise BenchError(f"bad --set {pair!r}: expected KEY=VALUE, e.g. --set n_ctx=4")
-        key, value = pair.split("=", 1)
+        key, value = split_pair(pair, "--set", "n_ctx=4")
         stripped = value.strip()
         quoted = len(stripped) >= 2 and stripped[0] == stripped[-1] and stripped[0] in "'\""
         parts = [value] if quoted or "," not in value else value.split(",")
@@ -150,20 +173,46 @@ def parse_sweep(pairs: list[str] | None) -> list[dict]:
                              f"quote a value that holds a comma: --set '{key}=\"a, b\"')")
         values = []
         for p in parts:
-            (v,) = parse_overrides([f"{key}={p.strip() if len(parts) > 1 else p}"]).values()
+            v = parse_value(p.strip() if len(parts) > 1 else p, empty="")
             if isinstance(v, str) and quoted:
                 try:
                     v = str(yaml.safe_load(stripped))
                 except yaml.YAMLError:
                     pass
             values.append(v)
-        key = key.strip()
         if key in keys:
             choices[keys.index(key)] = values  # the last --set of a key wins, as for a plain override
         else:
             keys.append(key)
             choices.append(values)
     return [dict(zip(keys, combo)) for combo in itertools.product(*choices)] or [{}]
+
+
+def overrides_for(method: str, overrides: dict, methods: list[str]) -> dict:
+    """The overrides that apply to ``method``: every unscoped key, and the keys scoped to it
+    (``coop.epochs=2`` -> ``epochs=2`` for coop only; a scoped key wins over the same unscoped key).
+    A scope that names no method of the grid is refused in one line."""
+    plain, scoped = {}, {}
+    for key, value in overrides.items():
+        scope, dot, name = key.partition(".")
+        if not dot:
+            plain[key] = value
+            continue
+        if scope not in methods:
+            raise BenchError(f"bad --set {key}={value}: {scope!r} is not a method of this grid "
+                             f"({', '.join(methods)}); scope a key as METHOD.KEY=VALUE")
+        if scope == method:
+            scoped[name] = value
+    return {**plain, **scoped}
+
+
+def normalise_overrides(method: str, overrides: dict, defaults: dict) -> dict:
+    """``overrides`` without those equal to the resolved default (``--set epochs=50`` where 50 is the default):
+    such a run is the default run, with its label and hash, not a new label that redoes identical work."""
+    declared = check_hparams(method, {k: v for k, v in defaults.items() if k in overrides})
+    given = check_hparams(method, {k: v for k, v in overrides.items() if k in defaults})
+    same = {k for k in given if type(given[k]) is type(declared[k]) and given[k] == declared[k]}
+    return {k: v for k, v in overrides.items() if k not in same}
 
 
 def _n_views(views: int | None, epochs) -> int | None:
@@ -219,11 +268,16 @@ def expand(
     if views is not None and (isinstance(views, bool) or not isinstance(views, int) or views < 1):
         raise BenchError(f"bad --views {views!r}: the number of cached augmented views must be an integer >= 1")
     given = overrides or {}
+    for name in methods:
+        cls = get_method(name)
+        if protocol not in cls.protocols:
+            raise BenchError(f"method {name} does not support protocol {protocol} "
+                             f"(supports: {', '.join(cls.protocols)})")
+        check_hparams(name, overrides_for(name, given, methods))  # bad types and ranges refused before any work
     grid, seen = [], set()
     for name in methods:
         cls = get_method(name)
-        check_hparams(name, given)  # before any work: bad types and ranges refused in one line
-        overrides = given  # labels and hashes keep the values as given; the run's hparams get the declared types
+        scoped = overrides_for(name, given, methods)
         for dataset in datasets:
             evals = evals_for(protocol, dataset, group)
             # the hand-crafted prompt of every dataset the run touches is part of its identity: edit a spec's
@@ -233,10 +287,16 @@ def expand(
             for k in shots if cls.needs_training else [0]:
                 for seed in seeds if cls.needs_training else [None]:
                     hp = cls.default_hparams(protocol, dataset, k)
-                    unknown = sorted(set(overrides) - set(hp) - set(cls.hparam_spec))
+                    unknown = sorted(set(scoped) - set(hp) - set(cls.hparam_spec))
                     if unknown:
                         raise BenchError(f"unknown hyperparameter(s) {', '.join(unknown)} for method {name}; "
-                                         f"known: {', '.join(sorted(set(hp) | set(cls.hparam_spec))) or '(none)'}")
+                                         f"known: {', '.join(sorted(set(hp) | set(cls.hparam_spec))) or '(none)'}"
+                                         + ("; scope a key to one method as METHOD.KEY=VALUE"
+                                            if len(methods) > 1 else ""))
+                    check_undeclared(name, scoped, hp)
+                    # labels and hashes keep the values as given (less those equal to the default); the run's
+                    # hparams get the declared types
+                    overrides = normalise_overrides(name, scoped, hp)
                     hp = check_hparams(name, {**hp, **overrides})
                     epochs = cls.train_epochs(hp)
                     n_views = _n_views(views or default_views, epochs)

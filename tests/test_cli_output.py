@@ -100,7 +100,7 @@ def test_old_flag_spellings_work_with_a_deprecation_note(data_root, tmp_path, ca
 
 
 def test_table_infers_the_dataset_group_from_the_store(tmp_path):
-    from bench.cli import infer_preset
+    from bench.report.query import infer_preset
     from bench.store import config_hash, write_json_atomic
 
     def put(dataset):
@@ -161,3 +161,57 @@ def test_kgcoop_templates_live_with_the_method():
     assert kgcoop_template("caltech101", get_spec("caltech101").template) == "a photo of a {}."
     assert set(KGCOOP_TEMPLATES) <= {p.stem for p in (Path(REPO) / "datasets").glob("*.yaml")}
     assert not [p for p in (Path(REPO) / "datasets").glob("*.yaml") if "kgcoop" in p.read_text()]
+
+
+def _dry(capsys, *argv) -> list[dict]:
+    base = ["run", "--datasets", "caltech101", "--shots", "1,2", "--seeds", "1", "--backbone", "tiny-test",
+            "--pretrained", "none", "--dry-run", "--json"]
+    assert main([*base, *map(str, argv)]) == 0
+    return json.loads(capsys.readouterr().out)["runs"]
+
+
+def test_an_override_equal_to_the_default_is_the_default_run(capsys, tmp_path):
+    """--set epochs=50 where 50 is coop's 1-shot default, and --precision fp32 on the CPU (what auto means
+    there): the default run's label and hash, not a new label that redoes identical work. Only the 2-shot runs
+    (default epochs 100) get the label."""
+    default = {(r["shots"], r["hash"]) for r in _dry(capsys, "--method", "coop", "--results", tmp_path)}
+    runs = _dry(capsys, "--method", "coop", "--set", "epochs=50", "--results", tmp_path, "--device", "cpu",
+                "--precision", "fp32")
+    by_shots = {r["shots"]: r for r in runs}
+    assert (1, by_shots[1]["hash"]) in default and by_shots[1]["label"] == "coop" and by_shots[1]["overrides"] == {}
+    assert by_shots[2]["label"] == "coop[epochs=50]" and (2, by_shots[2]["hash"]) not in default
+
+
+def test_set_can_be_scoped_to_one_method(capsys, tmp_path):
+    """--method zeroshot,coop --set coop.epochs=2: coop gets it, zeroshot (which has no epochs) is the plain run,
+    with the same hash as without the flag; an unscoped key every method lacks is still refused."""
+    scoped = _dry(capsys, "--method", "zeroshot,coop", "--set", "coop.epochs=2", "--results", tmp_path)
+    alone = _dry(capsys, "--method", "coop", "--set", "epochs=2", "--results", tmp_path)
+    zs = _dry(capsys, "--method", "zeroshot", "--results", tmp_path)
+    assert {r["hash"] for r in scoped} == {r["hash"] for r in alone + zs}
+    assert sorted({r["label"] for r in scoped}) == ["coop[epochs=2]", "zeroshot"]
+    assert main(["run", "--method", "zeroshot,coop", "--set", "epochs=2", "--datasets", "caltech101",
+                 "--backbone", "tiny-test", "--pretrained", "none", "--dry-run"]) == 2
+    assert "scope a key to one method" in capsys.readouterr().err
+
+
+def test_expand_refuses_a_method_that_does_not_support_the_protocol():
+    from bench.errors import BenchError
+    from bench.protocols import expand
+
+    with pytest.raises(BenchError, match="linear_probe does not support protocol base2new"):
+        expand("base2new", ["linear_probe"], datasets=["caltech101"], backbone={"arch": "tiny-test",
+                                                                               "pretrained": None, "weights": "random"})
+
+
+def test_one_key_value_parser_for_set_and_slurm():
+    from bench.launch.slurm import load_profile
+    from bench.protocols import parse_sweep, parse_value
+
+    assert [parse_value(t) for t in ("4", "0.002", "true", "null", "a photo of a", "[1, 2]")] == [
+        4, 0.002, True, None, "a photo of a", "[1, 2]"]
+    assert parse_value("[1, 2]", scalar=False) == [1, 2] and parse_value("", empty="") == ""
+    assert parse_sweep(["lr=0.001", "coop.epochs=2,4"]) == [{"lr": 0.001, "coop.epochs": 2},
+                                                            {"lr": 0.001, "coop.epochs": 4}]
+    prof = load_profile(None, ["partition=gpu", "gpus=2", "sbatch.mail-type=END"])
+    assert prof["partition"] == "gpu" and prof["gpus"] == 2 and prof["sbatch"]["mail-type"] == "END"

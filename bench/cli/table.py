@@ -9,12 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from bench.cli.common import argparse_suppress  # noqa: F401 - bench.cli.plot imports it from here
 from bench.errors import BenchError
-
-
-def argparse_suppress():
-    """The help text of a flag that is kept working but not shown (old spellings)."""
-    return argparse.SUPPRESS
 
 
 def add_selection_args(p) -> None:

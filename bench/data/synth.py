@@ -325,3 +325,56 @@ def make_all(data_root: str | Path, keys: Sequence[str] | None = None, **kw) -> 
     if keys is None:
         keys = [s.key for s in list_specs() if s.group in ("coop11", "imagenet_variant")]
     return {k: make_dataset_tree(k, data_root, **kw) for k in keys}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m bench.data.synth DATA_ROOT``: write small synthetic datasets in CoOp's layout to try the
+    suite on (``bench run --data-root DATA_ROOT ...``) without downloading anything."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(
+        prog="python -m bench.data.synth",
+        description="Write small synthetic datasets (real JPEGs, each dataset's exact CoOp on-disk layout and split "
+                    "files) under DATA_ROOT, to try the suite on: bench run --data-root DATA_ROOT ... "
+                    "The numbers mean nothing; the files, folders and flags are the real ones.")
+    p.add_argument("data_root", metavar="DATA_ROOT", help="folder to write into (created if missing)")
+    p.add_argument("--datasets", help="comma-separated dataset keys (default: the 11 CoOp datasets and the 4 "
+                                      "ImageNet variants; see `bench list datasets`)")
+    p.add_argument("--classes", type=int, default=5, help="classes per dataset (default 5)")
+    p.add_argument("--per-class", default="6,3,4", metavar="TRAIN,VAL,TEST",
+                   help="images per class in the train, val and test splits (default 6,3,4)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the images and the split order (default 0)")
+    p.add_argument("--image-size", type=int, default=48, help="image side in pixels (default 48)")
+    args = p.parse_args(argv)
+    try:
+        try:
+            per_class = tuple(int(x) for x in args.per_class.split(","))
+        except ValueError:
+            per_class = ()
+        if len(per_class) != 3 or min(per_class) < 0:
+            raise BenchError(f"bad --per-class {args.per_class!r}: expected three counts TRAIN,VAL,TEST, e.g. 6,3,4")
+        if args.image_size < 8:
+            raise BenchError(f"bad --image-size {args.image_size}: need at least 8 pixels")
+        keys = [k.strip() for k in args.datasets.split(",")] if args.datasets is not None else None
+        if keys is not None and not all(keys):
+            raise BenchError(f"bad --datasets {args.datasets!r}: empty entry (expected e.g. caltech101,dtd)")
+        for key in keys or []:
+            get_spec(key)  # every key checked before anything is written
+        written = make_all(args.data_root, keys, n_classes=args.classes, per_class=per_class, seed=args.seed,
+                           image_size=args.image_size)
+    except BenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: cannot write under {args.data_root}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    for key, folder in written.items():
+        print(f"{key:18} {folder}")
+    print(f"try: bench run --datasets {','.join(written)} --shots 1 --seeds 1 --data-root {args.data_root} "
+          f"--dry-run  (then without --dry-run, with --method and --set METHOD.epochs=2 for a quick run)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

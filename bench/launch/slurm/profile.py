@@ -46,15 +46,6 @@ PROFILE_KEYS: dict[str, tuple[object, str]] = {
 }
 
 
-def _parse_value(text: str):
-    import yaml
-
-    try:
-        return yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError:
-        return text
-
-
 def profile_path(name: str) -> Path:
     """A profile file: the path as given, or ``slurm/<name>[.yaml]`` in the repository."""
     from bench.paths import resource_dir
@@ -87,20 +78,21 @@ def load_profile(path: str | Path | None = None, overrides: list[str] | None = N
             raise BenchError(f"SLURM profile {p} must be a mapping of keys to values")
         _check_keys(data, f"in {p}")
         prof.update(data)
+    from bench.protocols import parse_value, split_pair
+
     for pair in overrides or []:
-        if "=" not in pair:
-            raise BenchError(f"bad --slurm {pair!r}: expected KEY=VALUE, e.g. --slurm partition=gpu")
-        key, value = (s.strip() for s in pair.split("=", 1))
+        key, value = split_pair(pair, "--slurm", "partition=gpu")
+        value = value.strip()
         top, _, sub = key.partition(".")
         _check_keys({top: None}, "in --slurm")
         if sub:
             if not isinstance(prof.get(top), dict):
                 raise BenchError(f"bad --slurm {pair!r}: {top} is not a mapping")
-            prof[top] = {**prof[top], sub: _parse_value(value)}
+            prof[top] = {**prof[top], sub: parse_value(value, scalar=False)}
         elif top in ("setup", "srun_args") and not value.startswith("["):
             prof[top] = [*prof[top], value]
         else:
-            prof[top] = _parse_value(value)
+            prof[top] = parse_value(value, scalar=False)
     return _validate(prof)
 
 
