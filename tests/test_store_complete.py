@@ -100,3 +100,13 @@ def test_a_hand_edited_label_does_not_move_a_run(stored):
         stored["path"].write_text(json.dumps(good))
     views = {"method": "coop", "overrides": {"epochs": 2}, "views": 8, "label": "coop[epochs=2,views=8]"}
     assert derived_label(views) == "coop[epochs=2,views=8]"  # a label the config gives is kept
+
+
+def test_status_without_grid_flags_shows_what_the_store_holds(stored):
+    """A store of another backbone's results (tiny-test, one dataset, zero-shot) is shown as done, not as the
+    default ViT-B-16/openai grid's "0 done" everywhere."""
+    status = _cli("status", "--results", stored["results"], "--json")
+    assert status.returncode == 0, status.stderr
+    rows = json.loads(status.stdout)["rows"]
+    assert rows == [{"protocol": "fewshot", "label": "zeroshot", "dataset": "dtd", "done": 1, "missing": 0,
+                     "failed": 0}], rows

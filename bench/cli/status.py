@@ -29,6 +29,7 @@ def cmd_status(args) -> int:
             args.preset = inferred
             if not args.json:
                 print(f"note: the store holds {inferred} results: showing --preset {inferred}", file=sys.stderr)
+    _grid_from_store(args)
     grid, _ = build_grid(args)
     store = store_from_args(args)
     states = run_states(grid, store)  # done | pending | running | failed | missing (| unknown: queue unreachable)
@@ -54,3 +55,34 @@ def cmd_status(args) -> int:
         print(f"{k[0]:14} {k[1]:28} {k[2]:16} " + " ".join(f"{counts[k + (c,)]:>{width[c]}}" for c in cols))
     print_status_details(grid, states)
     return 0
+
+
+def _grid_from_store(args) -> None:
+    """Without grid flags, show what the store holds (its one backbone, its seeds, datasets and methods) rather than
+    the default ViT-B-16/openai grid, which would read "0 done" for a store of another backbone's results."""
+    from bench.registry import find_method
+    from bench.report.query import store_grid
+
+    held = store_grid(args.results, args.protocol)
+    said = []
+    if not (args.backbone or args.pretrained or args.preset) and len(held["backbones"]) == 1:
+        arch, pretrained = held["backbones"][0]
+        args.backbone = arch
+        if pretrained not in ("None", "random"):
+            args.pretrained = pretrained
+        said.append(f"--backbone {arch}")
+    if not args.seeds and held["seeds"]:
+        args.seeds = ",".join(map(str, held["seeds"]))
+        said.append(f"--seeds {args.seeds}")
+    if not args.shots and held["shots"]:
+        args.shots = ",".join(map(str, held["shots"]))
+        said.append(f"--shots {args.shots}")
+    if not args.datasets and held["datasets"]:
+        args.datasets = ",".join(held["datasets"])
+        said.append(f"--datasets {args.datasets}")
+    names = list(dict.fromkeys(label.split("[")[0] for label in held["methods"]))
+    if not args.methods and names and all(find_method(n) for n in names):
+        args.methods = ",".join(names)
+        said.append(f"--method {args.methods}")
+    if said and not args.json:
+        print(f"note: showing what the store holds: {' '.join(said)}", file=sys.stderr)

@@ -56,17 +56,17 @@ def expected_datasets(protocol: str, group: str, datasets: list[str] | None) -> 
 
 def store_grid(results: str | None = None, protocol: str | None = None) -> dict:
     """What a store holds (of one protocol, when given): ``preset`` ('mini' when only the miniature world's
-    datasets, 'coop11' otherwise, None when empty), ``backbones`` [(arch, pretrained), ...], ``seeds`` (sorted,
+    datasets, 'coop11' otherwise, None when empty), ``backbones`` [(arch, pretrained), ...], ``seeds`` and ``shots`` (sorted,
     seedless runs aside), ``datasets`` (train datasets, sorted) and ``methods`` (labels, sorted). For
     ``bench status`` / ``table`` / ``plot`` without grid flags."""
     from bench.data import get_spec
     from bench.store import Store
 
     store = Store(results) if results else Store()
-    out = {"preset": None, "backbones": [], "seeds": [], "datasets": [], "methods": []}
+    out = {"preset": None, "backbones": [], "seeds": [], "shots": [], "datasets": [], "methods": []}
     if not store.root.is_dir():
         return out
-    groups, backbones, seeds, datasets, methods = set(), set(), set(), set(), set()
+    groups, backbones, seeds, shots, datasets, methods = set(), set(), set(), set(), set(), set()
     for r in store.all_results():
         c = r.get("config") or {}
         if protocol and c.get("protocol") != protocol:
@@ -80,12 +80,14 @@ def store_grid(results: str | None = None, protocol: str | None = None) -> dict:
         backbones.add((str(bb.get("arch")), str(bb.get("pretrained", bb.get("weights")))))
         if train.get("seed") is not None:
             seeds.add(int(train["seed"]))
+        if train.get("shots"):
+            shots.add(int(train["shots"]))
         if train.get("dataset"):
             datasets.add(train["dataset"])
         methods.add(c.get("label") or c.get("method"))
     if groups:
         out["preset"] = "mini" if groups <= {"mini", "mini_variant"} else "coop11"
-    out.update(backbones=sorted(backbones), seeds=sorted(seeds), datasets=sorted(datasets),
+    out.update(backbones=sorted(backbones), seeds=sorted(seeds), shots=sorted(shots), datasets=sorted(datasets),
                methods=sorted(m for m in methods if m))
     return out
 
