@@ -233,3 +233,16 @@ def test_killed_run_resumes_mid_run_to_identical_metrics(world, tmp_path):
     assert got["hash"] == expected["hash"] and got["train_stats"]["loss"] == expected["train_stats"]["loss"]
     for name, m in expected["metrics"].items():
         assert (got["metrics"][name]["top1"], got["metrics"][name]["per_class"]) == (m["top1"], m["per_class"])
+
+
+def test_cosine_iterations_is_torchs_per_iteration_cosine():
+    from bench.engine.loop import cosine_iterations
+
+    n, steps = 37, 5
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=2e-4)
+    torch_lr = torch.optim.lr_scheduler.CosineAnnealingLR(opt, n, eta_min=1e-6)
+    ours = cosine_iterations(2e-4, n, eta_min=1e-6)
+    for t in range(n):
+        assert ours(t // steps, t % steps, steps) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-9, abs=1e-15)
+        opt.step()
+        torch_lr.step()
