@@ -12,16 +12,19 @@ may change (the older paths ``bench.method``, ``bench.registry``, ``bench.train`
 * the training loop: :func:`fit` over a batch source (:class:`FeatureBatches` of cached views, :class:`ImageBatches`
   of the image stream) with an optimiser factory (default :func:`sgd`) and a schedule (default :func:`warmup_cosine`);
   :func:`fit_epochs` (cached features) and :func:`fit_image_epochs` (image batches) are the reference recipe over it;
+  ``fit(..., iterations=N)`` with :func:`cosine_iterations` trains for N steps with a per-iteration cosine;
+* weight adapters: :class:`LoRA` (low-rank deltas on the attention of either tower, active inside ``applied()``);
 * CLIP helpers: :func:`encode_image` / :func:`encode_text` (the encoders with learned prompts inserted; :func:`check_vit`
   refuses a backbone they cannot prompt),
   :func:`cosine_logits`, :func:`handcrafted_text_features`, :func:`prompt_name`.
 """
 
 from bench.engine.imagestream import ImageBatch, ImageBatches, ImageTrainData, fit_image_epochs
-from bench.engine.loop import FeatureBatches, fit, fit_epochs, sgd, warmup_cosine
+from bench.engine.loop import FeatureBatches, cosine_iterations, fit, fit_epochs, sgd, warmup_cosine
 from bench.errors import BenchError
 from bench.method import (Context, Method, Param, TrainData, Unsupported, cosine_logits, handcrafted_text_features,
                           prompt_name)
+from bench.model.lora import LoRA
 from bench.model.prompted import check_vit, encode_image, encode_text
 from bench.registry import register_method
 
@@ -32,11 +35,13 @@ __all__ = [
     "ImageBatch",
     "ImageBatches",
     "ImageTrainData",
+    "LoRA",
     "Method",
     "Param",
     "TrainData",
     "Unsupported",
     "check_vit",
+    "cosine_iterations",
     "cosine_logits",
     "encode_image",
     "encode_text",

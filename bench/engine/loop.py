@@ -5,7 +5,8 @@ trains on cached augmented view ``e % n_views`` in a random batch order drawn fr
 seed) or the image stream (:class:`bench.engine.imagestream.ImageLoader`: batch order and crops seeded by run seed,
 image and epoch).  Its seams, for recipes other than the reference one: ``optimizer`` (a factory: parameters ->
 optimiser), ``schedule`` (the learning rate at (epoch, step, steps per epoch), applied before every step) and
-``step_fn`` (a method-defined gradient step).  The default is the reference recipe (docs/protocol.md §6): SGD
+``step_fn`` (a method-defined gradient step); ``iterations`` trains for a number of steps instead of epochs (the
+last epoch stops early; :func:`cosine_iterations` is a per-iteration schedule).  The default is the reference recipe (docs/protocol.md §6): SGD
 (lr, momentum 0.9, weight decay 5e-4), one epoch of constant warm-up at 1e-5, then cosine annealing stepped per
 epoch and shifted by one epoch; random batches with ``drop_last`` exactly when the set holds at least one batch.
 :func:`fit_epochs` (features) and :func:`bench.engine.imagestream.fit_image_epochs` (images) are that recipe.
@@ -180,6 +181,16 @@ def warmup_cosine(lr: float, epochs: int, warmup_epochs: int = 1,
     return lambda epoch, step, steps: lr_at_epoch(epoch, epochs, lr, warmup_epochs, warmup_lr)
 
 
+def cosine_iterations(lr: float, iterations: int, eta_min: float = 0.0) -> Callable[[int, int, int], float]:
+    """Cosine annealing from ``lr`` to ``eta_min`` over ``iterations`` steps, stepped per iteration (the closed form
+    of ``torch.optim.lr_scheduler.CosineAnnealingLR(T_max=iterations, eta_min)``), as ``(epoch, step, steps per
+    epoch) -> lr`` at global iteration ``epoch * steps + step``."""
+    def schedule(epoch: int, step: int, steps: int) -> float:
+        t = epoch * steps + step
+        return eta_min + (lr - eta_min) * (1 + math.cos(math.pi * t / iterations)) / 2
+    return schedule
+
+
 def gradient_step(loss_fn: Callable[..., torch.Tensor], args: tuple, opt: torch.optim.Optimizer,
                   scaler: "torch.amp.GradScaler | None") -> torch.Tensor:
     """One optimiser step on ``loss_fn(*args)`` (scaled for fp16); returns the loss. The default ``step_fn``."""
@@ -270,20 +281,28 @@ def fit(
     data: Batches,
     ctx: Context,
     *,
-    epochs: int,
+    epochs: int | None = None,
     optimizer: Callable[[list], torch.optim.Optimizer],
     schedule: Callable[[int, int, int], float] | None = None,
     step_fn: Callable[..., torch.Tensor] | None = None,
     on_epoch_end: Callable[[int], None] | None = None,
+    iterations: int | None = None,
 ) -> dict:
-    """Train ``module``'s parameters that require grad on ``data`` for ``epochs`` epochs; returns
-    {"loss": per-epoch mean losses, "epochs"} (and "loss_scale" for fp16).
+    """Train ``module``'s parameters that require grad on ``data`` for ``epochs`` epochs, or for ``iterations``
+    steps (then ``epochs`` = ceil(iterations / steps per epoch) and the last epoch stops after the
+    ``iterations``-th step; give one of the two); returns {"loss": per-epoch mean losses, "epochs"} (and
+    "iterations", and "loss_scale" for fp16).
 
     ``optimizer(params)`` builds the optimiser; ``schedule(epoch, step, steps_per_epoch)`` gives the learning rate
     of every parameter group before each step (None: the optimiser's own); ``step_fn(loss_fn, args, opt, scaler)``
     makes one gradient step and returns the loss (default :func:`gradient_step`); ``on_epoch_end(e)`` runs after
     each epoch ``e`` (1-based), before its checkpoint.  Checkpoints and resume: see the module docstring.
     """
+    steps = len(data)
+    if (epochs is None) == (iterations is None):
+        raise ValueError("fit: give epochs or iterations (one of the two)")
+    if iterations is not None:
+        epochs = math.ceil(int(iterations) / steps)
     device = torch.device(ctx.device)
     opt = optimizer([p for p in module.parameters() if p.requires_grad])
     scaler = grad_scaler(getattr(ctx.backbone, "precision", "fp32"), device)
@@ -324,20 +343,20 @@ def fit(
                  "skipped_steps": skipped, "rng": rng_states(device)})
         ctx.log(f"checkpoint at epoch {epoch}/{epochs}" + (f", step {step}" if step else "") + f" ({why})")
 
-    steps = len(data)
     module.train()
     last_save, steps_since = time.monotonic(), 0
     with STOP.training():
         for epoch in range(start_epoch, epochs):
             resume = epoch == start_epoch and start_step > 0
             first = start_step if resume else 0
+            n_steps = steps if iterations is None else min(steps, int(iterations) - epoch * steps)
             if schedule is not None:
                 _set_lr(opt, schedule(epoch, first, steps))
             stream = data.epoch(epoch, first, lambda: save(epoch, 0, True, 0.0, 0, "preemption"))
             if resume and rng is not None:  # the RNG as it was after this step (setting up the epoch may draw)
                 _restore_rng(rng, device)
             if data.desc is not None:
-                stream = log.progress(stream, desc=f"{data.desc} {epoch + 1}/{epochs}", total=steps - first)
+                stream = log.progress(stream, desc=f"{data.desc} {epoch + 1}/{epochs}", total=n_steps - first)
             total, count = partial if resume else (0.0, 0)
             for step, (args, n) in enumerate(stream, first):
                 if schedule is not None and step > first:
@@ -358,11 +377,13 @@ def fit(
                 why = ("preemption" if STOP.requested else
                        "steps" if every_steps and steps_since >= every_steps else
                        "time" if every_s and time.monotonic() - last_save >= every_s else None)
-                if why and step + 1 < steps:  # mid-epoch (an epoch's last step is saved below)
+                if why and step + 1 < n_steps:  # mid-epoch (an epoch's last step is saved below)
                     save(epoch, step + 1, False, total, count, why)
                     last_save, steps_since = time.monotonic(), 0
                     if why == "preemption":
                         STOP.release()  # submitit: requeue and exit
+                if iterations is not None and step + 1 >= n_steps:  # the last (partial) epoch of an iteration count
+                    break
             history.append(total / max(count, 1))
             done = epoch + 1
             if on_epoch_end is not None:
@@ -378,6 +399,8 @@ def fit(
                     STOP.release()
     module.eval()
     stats = {"loss": history, "epochs": epochs}
+    if iterations is not None:
+        stats["iterations"] = int(iterations)
     if scaler is not None:
         stats["loss_scale"] = {"final": float(scaler.get_scale()), "skipped_steps": skipped}
     return stats

@@ -9,6 +9,7 @@
     start-up time of the run path.
 (c) The text encoder on n_cls learned prompts, forward + backward, cut at the last end-of-text token versus the
     full context length, with the largest absolute difference between the two feature sets (~1e-6).
+(c, d) The image-side path (:mod:`bench.perf.image`); (e) a CLIP-LoRA training step (:mod:`bench.perf.lora`).
 
 Defaults need nothing on disk: a synthetic OxfordPets-layout tree (384-px JPEGs) in a temporary folder and
 ``perf-vit`` (a tiny ViT at 224 px, patch 32, with fixed random weights saved as a checkpoint so every process
@@ -237,6 +238,11 @@ def measure(args) -> dict:
         from bench.perf.image import measure_image_side
 
         out.update(measure_image_side(args, bb, root, paths, labels, splits.classnames, spec))
+
+        # (e) a CLIP-LoRA training step vs a plain forward/backward of the same model
+        from bench.perf.lora import measure_lora
+
+        out.update(measure_lora(bb, splits.classnames, args.text_classes, reps=args.reps))
     log.info("perf done")
     return out
 
@@ -253,6 +259,7 @@ def _stack(items):
 
 def report(m: dict) -> str:
     from bench.perf.image import report_image_side
+    from bench.perf.lora import report_lora
 
     c = m["cache"]
     lines = [
@@ -284,6 +291,7 @@ def report(m: dict) -> str:
         f"  -> text speed-up {m['text_speedup']:.2f}x; max |cut - uncut| = {m['text_max_abs_diff']:.2e} "
         f"(features up to {m['text_max_abs']:.2f})",
         *report_image_side(m),
+        *report_lora(m),
     ]
     return "\n".join(lines)
 
