@@ -122,6 +122,7 @@ def test_empty_or_missing_folders_and_files_named_as_folders(world, capsys, monk
     refused(capsys, ["data", "check", "--data-root", world["data"], "--datasets", ""], "--datasets")
     refused(capsys, ["data", "sample", "--data-root", world["data"], "--shots", "1"], "--datasets")
     refused(capsys, ["data", "sample", "--data-root", world["data"], "--datasets", "dtd", "--shots", "0"], "--shots")
+    refused(capsys, ["plot", "--protocol", "fewshot", "--out-dir", world["file"]], "--out-dir", str(world["file"]))
 
 
 def test_user_method_without_hparam_spec_is_typed_from_its_defaults(world, capsys):

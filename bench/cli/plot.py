@@ -22,9 +22,11 @@ def cmd_plot(args) -> int:
     bad = [f for f in formats if f not in FIGURE_FORMATS]
     if bad:
         raise BenchError(f"unknown figure format(s) {', '.join(bad)}; known: {', '.join(FIGURE_FORMATS)}")
+    out = Path(args.out_dir) if args.out_dir else default_out_dir(args.results)
+    if out.exists() and not out.is_dir():
+        raise BenchError(f"--out-dir {out} is a file, not a folder: name a folder for the figures")
     q = query_from_args(args)
     df = load_frame(args.results)
-    out = Path(args.out_dir) if args.out_dir else default_out_dir(args.results)
     fn = plot_fewshot if args.protocol == "fewshot" else plot_base2new
     paths = fn(df, q, out, formats)
     if not paths:
