@@ -12,7 +12,6 @@ import subprocess
 import sys
 import textwrap
 
-import open_clip
 import pytest
 import torch
 import torch.nn.functional as F

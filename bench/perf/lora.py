@@ -106,7 +106,6 @@ def measure_lora(bb, classnames: list[str], n_cls: int, batch: int = 32, reps: i
 
     t = {"lora": _timed(lora_step("both"), reps, bb.device), "plain": _timed(plain_step, reps, bb.device),
          "lora_vision": _timed(lora_step("vision"), reps, bb.device), "text": _timed(text_step(), reps, bb.device)}
-    del model
     out = {"lora_step_s": t["lora"], "lora_plain_s": t["plain"], "lora_vision_s": t["lora_vision"],
            "lora_text_s": t["text"]}
     out.update(lora_batch=batch, lora_classes=n_cls, lora_text_len=int(tokens.argmax(1).max()) + 1,
