@@ -25,10 +25,11 @@ def checkpoint_path(store: Store, config: dict) -> Path:
 
 class FileCheckpointer:
     """Training state in one file, replaced atomically (temporary file + fsync + ``os.replace``); also saved within
-    epochs every ``every_steps`` steps / ``every_s`` seconds (0: not)."""
+    epochs every ``every_steps`` steps / ``every_s`` seconds (0: not). ``quiet``: routine saves are logged at debug
+    level only (a local grid's output; a SLURM task's log names every save)."""
 
-    def __init__(self, path: Path | str, every_steps: int = 0, every_s: float = 0.0):
-        self.path = Path(path)
+    def __init__(self, path: Path | str, every_steps: int = 0, every_s: float = 0.0, quiet: bool = False):
+        self.path, self.quiet = Path(path), quiet
         self.every_steps = int(every_steps or 0)
         self.every_s = float(every_s or 0)
 

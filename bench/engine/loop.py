@@ -341,7 +341,8 @@ def fit(
                  "scaler": scaler.state_dict() if scaler is not None else None, **data.state(boundary),
                  "loss": list(history), "epoch": epoch, "step": step, "epoch_total": total, "epoch_count": count,
                  "skipped_steps": skipped, "rng": rng_states(device)})
-        ctx.log(f"checkpoint at epoch {epoch}/{epochs}" + (f", step {step}" if step else "") + f" ({why})")
+        say = log.debug if getattr(ck, "quiet", False) and why != "preemption" else ctx.log
+        say(f"checkpoint at epoch {epoch}/{epochs}" + (f", step {step}" if step else "") + f" ({why})")
 
     module.train()
     last_save, steps_since = time.monotonic(), 0

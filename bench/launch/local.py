@@ -45,7 +45,7 @@ def launch_local(grid: list[dict], store: Store, device: str | None = None) -> d
                 counts["failed_other"] += 1
             elif execute_safely(config, store, device=device, checkpoint_every=policy["every"], checkpointer=
                                 FileCheckpointer(checkpoint_path(store, config), policy["every_steps"],
-                                                 policy["every_s"])) is None:
+                                                 policy["every_s"], quiet=True)) is None:
                 counts["failed"] += 1
             else:
                 counts["ran"] += 1
