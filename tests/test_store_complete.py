@@ -45,7 +45,7 @@ def test_a_split_without_test_images_is_refused_before_any_work(world, tiny_ckpt
     done = _cli("run", *RUN, "--pretrained", tiny_ckpt, "--data-root", data, "--results", results)
     assert done.returncode != 0
     assert "nan" not in done.stdout + done.stderr and "Traceback" not in done.stderr
-    assert "dtd" in done.stderr and "test split" in done.stderr, done.stderr
+    assert "dtd" in done.stderr and "no test images" in done.stderr, done.stderr
     assert not [r for r in _stored(results) if r.get("status") == "complete"]
 
 
