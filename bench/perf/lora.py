@@ -46,6 +46,7 @@ def _timed(step, reps: int, device) -> float:
 def measure_lora(bb, classnames: list[str], n_cls: int, batch: int = 32, reps: int = 5) -> dict:
     """Seconds per step of each variant (module docstring) and images per second; {"lora_skipped": why} on a
     backbone LoRA cannot adapt."""
+    from bench.engine.loop import grad_scaler, gradient_step
     from bench.errors import BenchError
     from bench.model.lora import LoRA
     from bench.model.prompted import encode_image, encode_text
@@ -68,23 +69,16 @@ def measure_lora(bb, classnames: list[str], n_cls: int, batch: int = 32, reps: i
         lora = LoRA(bb, rank=2, alpha=1.0, dropout=0.25, params="qkv", encoder=encoder)
         lora.train()
         opt = torch.optim.AdamW(lora.parameters(), lr=2e-4, weight_decay=1e-2)
-        scaler = torch.amp.GradScaler(torch.device(bb.device).type) if bb.precision in ("amp", "fp16") else None
+        scaler = grad_scaler(bb.precision, bb.device)
         with torch.no_grad():
             frozen_text = encode_text(bb, embeds, tokens)
 
-        def step():
+        def loss():
             with lora.applied():
                 text = encode_text(bb, embeds, tokens) if lora.adapts_text else frozen_text
-                loss = ce(encode_image(bb, images), text)
-            opt.zero_grad(set_to_none=True)
-            if scaler is None:
-                loss.backward()
-                opt.step()
-            else:
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-        return step
+                return ce(encode_image(bb, images), text)
+
+        return lambda: gradient_step(loss, (), opt, scaler)  # the training loop's own step
 
     def text_step():
         lora = LoRA(bb, encoder="text")
