@@ -238,7 +238,7 @@ def preflight(grid: list[dict], load_backbone: bool = True, device: str | None =
     """Fail fast, in one line, on environment, cache, data, weight or prompt-length problems before any run
     starts."""
     from bench.data import load_splits
-    from bench.engine.runner import get_backbone
+    from bench.engine.runner import get_backbone, require_test_images
 
     check_environment()
     check_cache_writable()
@@ -248,10 +248,7 @@ def preflight(grid: list[dict], load_backbone: bool = True, device: str | None =
     needed = {(c["data_root"], c["train"]["dataset"]) for c in grid}
     needed |= {(c["data_root"], e["dataset"]) for c in grid for e in c["evals"]}
     for root, dataset in sorted(needed):
-        splits = load_splits(dataset, root)
-        if not splits.test:
-            raise BenchError(f"dataset {dataset} under {root}: its split lists no test images (nothing to evaluate "
-                             f"on; `bench data check --datasets {dataset}` shows the split sizes)")
+        require_test_images(root, dataset)
     from bench.data import require_train_images
     from bench.registry import get_method
 

@@ -128,6 +128,15 @@ def _split_for(data_root, dataset: str, classes: str):
     return splits.root, sub.test, sub.classnames
 
 
+def require_test_images(data_root, dataset: str, classes: str = "all") -> None:
+    """One line when the test split (restricted to all/base/new classes) holds no image: nothing to evaluate on
+    (an accuracy over zero images would be stored as NaN). Used by the runner and by `bench run`'s preflight."""
+    if not _split_for(data_root, dataset, classes)[1]:
+        which = "" if classes == "all" else f" of the {classes} classes"
+        raise BenchError(f"dataset {dataset} under {data_root}: its split lists no test images{which} (nothing to "
+                         f"evaluate on; `bench data check --datasets {dataset}` shows the split sizes)")
+
+
 def _on_device(view, dev):
     return lambda v: view(v).to(dev)
 
@@ -218,10 +227,7 @@ def execute(config: dict, store: Store | None = None, checkpointer: Checkpointer
         raise BenchError(f"the code of method {config['method']} changed since this run was planned: run "
                          f"`bench run` again to plan it with the current code")
     for ev in config["evals"]:  # an evaluation over no images has no accuracy: refuse before any work
-        if not _split_for(data_root, ev["dataset"], ev["classes"])[1]:
-            which = "" if ev["classes"] == "all" else f" ({ev['classes']} classes)"
-            raise BenchError(f"dataset {ev['dataset']}: its test split{which} holds no images under "
-                             f"{data_root}; nothing to evaluate (`bench data check` lists each split)")
+        require_test_images(data_root, ev["dataset"], ev["classes"])
     t0 = time.time()
     determinism = deterministic_cuda() if str(device or default_device()).startswith("cuda") else None
     backbone, cache = get_backbone(config["backbone"], config.get("precision", "auto"), device)
