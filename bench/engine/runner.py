@@ -160,27 +160,15 @@ def build_train_data(config: dict, backbone, cache: FeatureCache, data_root):
     n_views = int(config.get("views") or 1)
     data = TrainData(
         labels=labels,
-        view=_on_device(cache.views(root, paths, seed=tr["seed"], n_views=n_views), dev),  # keyed by (seed, image, view)
+        # keyed by (augmentation, seed, image, view): methods declaring the same augmentation share views
+        view=_on_device(cache.views(root, paths, seed=tr["seed"], n_views=n_views,
+                                    augmentation=config.get("augmentation")), dev),
         n_views=n_views,
         eval_features=cache.get(root, paths, "eval").to(dev),
         val_features=cache.get(root, [it.path for it in val], "eval").to(dev) if val else None,
         val_labels=torch.tensor([it.label for it in val], dtype=torch.long, device=dev) if val else None,
-        draw_test=lambda per_class, seed: _draw_test(cache, data_root, tr["dataset"], tr["classes"], per_class, seed),
     )
     return data, names
-
-
-def _draw_test(cache: FeatureCache, data_root, dataset: str, classes: str, per_class: int, seed: int):
-    """Up to ``per_class`` seeded picks per class of the test split: (features, labels) (see TrainData.draw_test)."""
-    root, items, _ = _split_for(data_root, dataset, classes)
-    rng = np.random.default_rng(int(seed))
-    labels = np.array([it.label for it in items])
-    picks = []
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        picks += sorted(rng.choice(idx, size=min(int(per_class), len(idx)), replace=False).tolist())
-    chosen = [items[i] for i in picks]
-    return cache.get(root, [it.path for it in chosen], "eval"), torch.tensor([it.label for it in chosen])
 
 
 _WARNED_SHOTS: set = set()
