@@ -34,6 +34,8 @@ Optimisation: SGD lr 0.002, momentum 0.9, weight decay 5e-4, batch 32, 1 warm-up
 (``configs/trainers/ProGrad/rn50*.yaml:1-22``; Dassl ``defaults.py``); 50 epochs for 1 shot, 100 for 2 and 4, 200 for
 8 and 16 (``README.md:54-58``); ImageNet 50 (``scripts/eval.sh:26`` ``--load-epoch 50``, ``README.md:132``).
 The last epoch is used (``FINAL_MODEL last_step``): nothing is selected, so the validation split is not read.
+Augmentation: the suite's CoOp augmentation (the default ``train_augmentation``: RandomResizedCrop scale 0.08-1 +
+flip, as Dassl's ``transforms.py:220``), one cached view per epoch (the default ``cached_views``).
 
 Defaults per protocol (the suite's protocols, not the reference's; docs/protocol.md):
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from bench.engine.loop import gradient_step
 from bench.errors import BenchError
-from bench.method import Context, TrainData
+from bench.method import Checkpointer, Context, TrainData
 from bench.registry import get_method
 
 NAMES = ["dog", "golden_retriever", "x-ray machine"]
@@ -331,3 +331,49 @@ def test_end_to_end_through_the_runner(trees, tmp_path, tiny_backbone_spec, prot
         assert any(k.endswith(":new") for k in result["metrics"])
     assert len(result["train_stats"]["loss"]) == 2
     assert result["templates"]["n_ctx"] == 16 and result["templates"]["prograd_template"] == "a photo of a {}."
+
+
+class _Stop(Exception):
+    pass
+
+
+class _MemoryCheckpointer(Checkpointer):
+    """Keeps the last state in memory; ``stop_at`` simulates a preemption right after that epoch's save."""
+
+    every_steps, every_s, quiet = 0, 0.0, True
+
+    def __init__(self, stop_at=None):
+        self.state, self.stop_at = None, stop_at
+
+    def load(self):
+        return self.state
+
+    def save(self, state):
+        import copy
+
+        self.state = copy.deepcopy(state)
+        if self.stop_at is not None and state["epoch"] == self.stop_at:
+            raise _Stop
+
+    def clear(self):
+        self.state = None
+
+
+def test_preempted_training_resumes_to_the_same_context(bb):
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(8, bb.embed_dim, generator=g), torch.arange(8) % 3
+    views = [x, x + 0.1 * torch.randn(x.shape, generator=g), x - 0.1]
+    hp = dict(epochs=4, batch_size=4, lr=0.01)
+    full = make(bb, **hp)
+    stats = full.fit(train_data(x, y, views=views))
+    ck = _MemoryCheckpointer(stop_at=2)
+    first = make(bb, **hp)
+    first.ctx.checkpointer, first.ctx.checkpoint_every = ck, 1
+    with pytest.raises(_Stop):
+        first.fit(train_data(x, y, views=views))
+    ck.stop_at = None
+    second = make(bb, **hp)
+    second.ctx.checkpointer, second.ctx.checkpoint_every = ck, 1
+    resumed = second.fit(train_data(x, y, views=views))
+    assert resumed["loss"] == stats["loss"]
+    assert torch.equal(second.learner.ctx, full.learner.ctx)
