@@ -142,3 +142,17 @@ def test_unflagged_rows_carry_no_selection_note():
     zs = _paper_row(t, "zeroshot")
     assert [c.text() for c in zs.cells[:2]] == ["42.20", "37.52"]      # Tip-Adapter exp.log's zero-shot column
     assert not any(n.startswith(("¶", "‖")) for n in t.notes)
+
+
+def test_one_primary_number_per_cell_and_quoted_clip_lora_rows():
+    ref = load_reference()
+    primary = ref[(ref["variant"] == "") & (ref["seed"] == "")]
+    # add_paper_rows takes the first match: a (method, backbone, shots, eval) cell must have one primary number,
+    # whatever table it comes from
+    assert not primary.duplicated(["protocol", "backbone", "method", "shots", "eval", "metric"]).any()
+    lora = ref[ref["method"] == "clip_lora"]
+    assert (lora["backbone"] == "ViT-B/16").all() and (lora["selection"] == "").all()
+    assert lora[(lora["variant"] == "") & (lora["eval"] == "oxford_flowers")]["value"].tolist() == [98.0]
+    assert set(lora[lora["eval"] == "average"]["variant"]) == {"sd_lora_readme"}   # third-party: not compared
+    # the adapter lineage's suite names (results/reference/README.md, name mapping)
+    assert {"tip_adapter", "tip_adapter_f", "clip_adapter", "clip_lora"} <= set(ref["method"])
