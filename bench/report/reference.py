@@ -18,7 +18,8 @@ SELECTIONS = ("", "test", "full_val", "unstated")
 SELECTION_NOTES = {
     "test": f"{SELECTION_MARKS['test']} the published number chose hyperparameters or the epoch on TEST images "
             "(e.g. Tip-Adapter's alpha/beta on ImageNet, every Tip-Adapter-F epoch); this suite selects on the "
-            "few-shot validation split, so expect it to be lower (results/reference/README.md, column selection).",
+            "few-shot validation split, so the published number is optimistic against it (results/reference/README.md, "
+            "column selection).",
     "full_val": f"{SELECTION_MARKS['full_val']} the published number chose hyperparameters on the FULL validation "
                 "split (e.g. Tip-Adapter's alpha/beta grid), not on a few-shot one as this suite does "
                 "(results/reference/README.md, column selection).",
