@@ -7,13 +7,14 @@ reference formulas written here (open_clip's own ``encode_text``, hand-written A
 end-to-end pass through ``bench.engine.runner.execute`` per protocol on a synthetic dataset tree.
 """
 
+import copy
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.method import Context, TrainData
+from bench.method import Checkpointer, Context, TrainData
 from bench.registry import get_method
 
 NAMES = ["dog", "golden_retriever", "x-ray machine", "cat"]
@@ -255,6 +256,54 @@ def test_learns_on_separable_features(bb, task, method, overrides):
     acc = float((m.logits(xt, CLASSES).argmax(1) == yt).float().mean())
     assert acc >= 0.9 and acc >= acc0 + 0.3, (acc0, acc)
     assert stats["loss"][-1] < stats["loss"][0] - 0.2, stats["loss"]
+
+
+# ------------------------------------------------------------------------------------------ seeds and resume
+
+class _Stop(Exception):
+    pass
+
+
+class _MemoryCheckpointer(Checkpointer):
+    """Keeps the last state in memory; ``stop_at`` simulates a preemption right after that save."""
+
+    def __init__(self, stop_at=None):
+        self.state, self.stop_at = None, stop_at
+
+    def load(self):
+        return self.state
+
+    def save(self, state):
+        self.state = copy.deepcopy(state)
+        if self.stop_at is not None and state["epoch"] == self.stop_at:
+            raise _Stop
+
+
+@pytest.mark.parametrize("method", ["taskres", "clip_adapter"])
+def test_same_seed_same_model_and_preempted_training_resumes(bb, method):
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(8, bb.embed_dim, generator=g), torch.arange(8) % 3
+    views = [x, x + 0.1 * torch.randn(x.shape, generator=g), x - 0.1]
+    xt = torch.randn(4, bb.embed_dim, generator=g)
+    hp = dict(epochs=4, batch_size=4, lr=0.05)
+    full = make(bb, method, ["a", "b", "c"], **hp)
+    stats = full.fit(train_data(x, y, views=views))
+    torch.manual_seed(77)  # the global stream must not matter
+    again = make(bb, method, ["a", "b", "c"], **hp)
+    again.fit(train_data(x, y, views=views))
+    assert torch.equal(again.logits(xt, ["a", "b", "c"]), full.logits(xt, ["a", "b", "c"]))
+    ck = _MemoryCheckpointer(stop_at=2)
+    first = make(bb, method, ["a", "b", "c"], **hp)
+    first.ctx.checkpointer, first.ctx.checkpoint_every = ck, 1
+    with pytest.raises(_Stop):
+        first.fit(train_data(x, y, views=views))
+    ck.stop_at = None
+    torch.manual_seed(123)
+    second = make(bb, method, ["a", "b", "c"], seed=9, **hp)  # a fresh model (another init), the checkpoint restores
+    second.ctx.checkpointer, second.ctx.checkpoint_every = ck, 1
+    resumed = second.fit(train_data(x, y, views=views))
+    assert resumed["loss"] == stats["loss"]
+    assert torch.equal(second.logits(xt, ["a", "b", "c"]), full.logits(xt, ["a", "b", "c"]))
 
 
 # ------------------------------------------------------------------------------------------ end to end
