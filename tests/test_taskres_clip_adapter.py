@@ -93,6 +93,9 @@ def test_taskres_defaults():
         cls = get_method(m)
         assert set(cls.default_hparams("fewshot", "dtd", 16)) == set(cls.hparam_spec)
         assert set(cls.protocols) == {"fewshot", "base2new", "domain_shift", "cross_dataset"}
+        hp = cls.default_hparams("fewshot", "dtd", 16)
+        # CoOp's / Dassl's augmentation (RRC 0.08-1 + flip), one cached view per epoch; inductive
+        assert cls.train_augmentation(hp) is None and cls.cached_views(hp) == hp["epochs"] and not cls.transductive
 
 
 def test_taskres_base_features(bb):
