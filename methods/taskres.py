@@ -114,7 +114,7 @@ class TaskResidual(nn.Module):
 class TaskRes(Method):
     description = "TaskRes: zero-initialised per-class residual on the frozen text classifier, T + alpha*x; Adam"
     display_name = "TaskRes"
-    color = "#6A3D9A"
+    color = "#66A61E"
     marker = "p"
     linestyle = "-"
     order = 110
