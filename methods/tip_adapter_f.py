@@ -31,7 +31,6 @@ Deliberate differences from the reference (docs/protocol.md, "Tip-Adapter-F"):
   classes (their value columns are zero).
 """
 
-import copy
 import math
 
 import torch
@@ -60,14 +59,16 @@ class AllBatches(FeatureBatches):
 
 
 class CacheAdapter(nn.Module):
-    """The trainable keys (TA's Linear(D, N·K) weight) and, as buffers (kept by checkpoints), the best-val keys."""
+    """The trainable keys (TA's Linear(D, N·K) weight) and, as buffers (kept by checkpoints), the best-val keys,
+    their epoch and accuracy, and the val accuracy of every epoch (NaN: not measured)."""
 
-    def __init__(self, keys: torch.Tensor):
+    def __init__(self, keys: torch.Tensor, epochs: int):
         super().__init__()
         self.weight = nn.Parameter(keys.detach().clone().float())
         self.register_buffer("best_weight", keys.detach().clone().float())
         self.register_buffer("best_acc", torch.tensor(-1.0, dtype=torch.float64))
         self.register_buffer("best_epoch", torch.tensor(0, dtype=torch.long))
+        self.register_buffer("val_acc", torch.full((int(epochs),), float("nan"), dtype=torch.float64))
 
     def forward(self, f_hat: torch.Tensor) -> torch.Tensor:
         return f_hat @ self.weight.t()
@@ -123,10 +124,10 @@ class TipAdapterF(TipBase):
         self.init_alpha, self.init_beta = float(hp["init_alpha"]), float(hp["init_beta"])
         weights = self.text_weights(self.ctx.classnames).to(dev).float()
         self.values = self.values.to(dev)
-        self.adapter = CacheAdapter(self.keys).to(dev)
+        epochs, lr, bs = int(hp["epochs"]), float(hp["lr"]), int(hp["batch_size"])
+        self.adapter = CacheAdapter(self.keys, epochs).to(dev)
         adapter = self.adapter
         has_val = train.val_features is not None and len(train.val_features) > 0
-        val_acc: list[float] = []
 
         def on_epoch_end(epoch: int) -> None:
             if not has_val:
@@ -135,13 +136,12 @@ class TipAdapterF(TipBase):
                 s = self.scores(train.val_features, weights, adapter.weight, self.values, self.init_alpha,
                                 self.init_beta)
                 acc = 100.0 * float((s.argmax(dim=1) == train.val_labels.to(s.device)).double().mean())
-            val_acc.append(acc)
+            adapter.val_acc[epoch - 1] = acc
             if acc > float(adapter.best_acc):  # strict: the first best epoch (TA main.py:121)
                 adapter.best_acc.fill_(acc)
                 adapter.best_epoch.fill_(epoch)
                 adapter.best_weight.copy_(adapter.weight.detach())
 
-        epochs, lr, bs = int(hp["epochs"]), float(hp["lr"]), int(hp["batch_size"])
         data = AllBatches(train, bs, self.ctx.seed, dev)
         adamw = lambda params: torch.optim.AdamW(params, lr=lr, eps=float(hp["eps"]),  # noqa: E731
                                                  weight_decay=float(hp["weight_decay"]))
@@ -153,7 +153,7 @@ class TipAdapterF(TipBase):
             with torch.no_grad():
                 adapter.weight.copy_(adapter.best_weight)
             stats.update(epoch=int(adapter.best_epoch), epoch_selection=f"val ({len(train.val_features)} images)",
-                         val_acc_per_epoch=val_acc)
+                         val_acc_per_epoch=[float(a) for a in adapter.val_acc.tolist()])
         else:
             stats.update(epoch=epochs, epoch_selection="last (no few-shot val split)")
         stats.update(self.search(train, adapter.weight.detach()))

@@ -8,6 +8,7 @@ per-iteration cosine over ceil(N / batch) batches per epoch; plus: the search re
 learning on separable features, class selection by name, and one end-to-end pass per protocol through the runner.
 """
 
+import copy
 import math
 
 import pytest
@@ -15,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench.method import Context, TrainData
+from bench.method import Checkpointer, Context, TrainData
 from bench.registry import get_method
 
 NAMES = ["dog", "golden_retriever", "x-ray machine"]
@@ -227,7 +228,7 @@ def test_the_cache_learns_where_zero_shot_cannot(bb):
     zero_shot = (F.normalize(xt, dim=-1) @ w).argmax(1).eq(yt).float().mean()
     for method in ("tip_adapter", "tip_adapter_f"):
         m = make(bb, method, **({"epochs": 5, "augment_views": 4} if method == "tip_adapter_f" else {}))
-        stats = m.fit(train_data(y, views, xv=xv, yv=yv))
+        m.fit(train_data(y, views, xv=xv, yv=yv))
         acc = m.logits(xt, NAMES).argmax(1).eq(yt).float().mean()
         assert acc >= zero_shot + 0.1, (method, float(acc), float(zero_shot))
     # fine-tuning the keys lowers the training loss (every cached view, initial alpha/beta; no val: last epoch)
@@ -404,3 +405,49 @@ def test_end_to_end_through_the_runner(trees, tmp_path, tiny_backbone_spec):
             assert metrics["imagenet_a"]["n_classes"] == 6 and metrics["imagenet"]["n_classes"] == 8
         if method == "tip_adapter_f":
             assert len(stats["loss"]) == 2 and 1 <= stats["epoch"] <= 2
+
+
+class _Stop(Exception):
+    pass
+
+
+class _MemoryCheckpointer(Checkpointer):
+    """Keeps the last state in memory; ``stop_at`` simulates a preemption right after that save."""
+
+    def __init__(self, stop_at=None):
+        self.state, self.stop_at = None, stop_at
+
+    def load(self):
+        return self.state
+
+    def save(self, state):
+        self.state = copy.deepcopy(state)
+        if self.stop_at is not None and (state["epoch"], state["step"]) == self.stop_at:
+            raise _Stop
+
+    def clear(self):
+        self.state = None
+
+
+@pytest.mark.parametrize("stop_at", [(2, 0), (1, 1)])  # at an epoch boundary; mid-epoch (before the partial batch)
+def test_tip_f_preempted_resumes_to_the_same_model(bb, stop_at):
+    y, views, xv, yv, sample = problem(bb, n_views=3)
+    hp = dict(epochs=4, batch_size=4, lr=0.05, augment_views=2)
+    data = lambda: train_data(y, views, xv=xv, yv=yv)  # noqa: E731
+    full = make(bb, "tip_adapter_f", **hp)
+    stats = full.fit(data())
+    ck = _MemoryCheckpointer(stop_at=stop_at)
+    ck.every_steps = 1
+    first = make(bb, "tip_adapter_f", **hp)
+    first.ctx.checkpointer, first.ctx.checkpoint_every = ck, 1
+    with pytest.raises(_Stop):
+        first.fit(data())
+    ck.stop_at = None
+    torch.manual_seed(123)
+    second = make(bb, "tip_adapter_f", seed=9, **hp)
+    second.ctx.checkpointer, second.ctx.checkpoint_every = ck, 1
+    resumed = second.fit(data())
+    for key in ("loss", "epoch", "val_acc_per_epoch", "alpha", "beta"):
+        assert resumed[key] == stats[key], key
+    x = sample(torch.tensor([0, 1, 2]))
+    assert torch.equal(second.logits(x, NAMES), full.logits(x, NAMES))
