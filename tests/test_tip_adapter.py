@@ -391,13 +391,14 @@ def test_end_to_end_through_the_runner(trees, tmp_path, tiny_backbone_spec):
     for protocol, dataset, method, overrides in E2E:
         (config,) = expand(protocol, [method], datasets=[dataset], shots=[2], seeds=[1], overrides=overrides,
                            backbone=tiny_backbone_spec, group="coop11", data_root=str(trees))
+        assert config["views"] == 2 and config["augmentation"] == {"crop_scale": [0.5, 1.0]}
         result = execute(config, store)
         assert result["status"] == "complete", (protocol, method)
         metrics = result["metrics"]
         for name, r in metrics.items():
             assert r["top1"] is not None and 0 <= r["top1"] <= 100, (method, name, r)
         stats = result["train_stats"]
-        assert "table_note" not in stats
+        assert "table_note" not in stats and stats["cache_views"] == 2
         if dataset == "caltech101":  # a few-shot val split: the search ran on it
             assert stats["search"].startswith("val (")
         else:  # ImageNet: no few-shot val, the initial alpha/beta
@@ -451,3 +452,18 @@ def test_tip_f_preempted_resumes_to_the_same_model(bb, stop_at):
         assert resumed[key] == stats[key], key
     x = sample(torch.tensor([0, 1, 2]))
     assert torch.equal(second.logits(x, NAMES), full.logits(x, NAMES))
+
+
+def test_cached_views_per_run(tiny_backbone_spec):
+    """Tip: 10 views; Tip-F: one per epoch but at least 10; ``--views`` caps both; the crop scale is TA's."""
+    from bench.protocols import expand
+
+    def views(method, dataset="dtd", cap=None, **overrides):
+        (config,) = expand("fewshot", [method], datasets=[dataset], shots=[4], seeds=[1], overrides=overrides,
+                           backbone=tiny_backbone_spec, views=cap)
+        return config["views"], config["augmentation"]
+
+    assert views("tip_adapter") == (10, {"crop_scale": [0.5, 1.0]})
+    assert views("tip_adapter_f") == (20, {"crop_scale": [0.5, 1.0]})
+    assert views("tip_adapter_f", "eurosat")[0] == 100 and views("tip_adapter_f", "eurosat", cap=16)[0] == 16
+    assert views("tip_adapter_f", epochs=3)[0] == 10 and views("tip_adapter", cap=4)[0] == 4
