@@ -34,6 +34,7 @@ IMAGENET_TEMPLATES = [
 ]
 
 LOGIT_SCALE = 100.0  # TA main.py:32,53,93 (hard-coded)
+CHUNK_ELEMENTS = 1 << 24  # test rows per chunk in logits: about this many affinities (float64: 128 MiB)
 
 # TA configs/<ds>.yaml:17-21 (search_scale [S_beta, S_alpha], init_beta, init_alpha) and :31 (train_epoch);
 # TA's fgvc config is the suite's fgvc_aircraft.
@@ -154,6 +155,7 @@ class TipBase(Method):
         self.beta = float(self.hp.get("init_beta", 1.0))
         self.keys: torch.Tensor | None = None     # (NK, D); Tip-F: the trained keys
         self.values: torch.Tensor | None = None   # (NK, C) one-hot over the training classes
+        self._columns: dict = {}                   # W's and V's columns for the last list of class names scored
 
     def template_info(self) -> dict:
         return {"templates": list(self.templates), "logit_scale": LOGIT_SCALE}
@@ -162,6 +164,7 @@ class TipBase(Method):
         return zero_shot_weights(self.ctx.backbone, self.templates, list(classnames))
 
     def build_cache(self, train) -> dict:
+        self._columns = {}
         keys, n = cache_keys(train, int(self.hp.get("augment_views", 10)))
         self.keys = keys
         self.values = F.one_hot(train.labels.long(), len(self.ctx.classnames)).float()
@@ -219,8 +222,17 @@ class TipBase(Method):
         return self.keys
 
     def logits(self, features, classnames):
-        weights = self.text_weights(classnames).to(features.device)
-        values = self.value_columns(list(classnames)).to(features.device)
+        """Rows scored in chunks (the affinity to every cache entry of a whole test set need not fit in memory);
+        W's and V's columns are built once per list of class names."""
+        key = tuple(classnames)
+        if self._columns.get("key") != key:
+            self._columns = {"key": key, "weights": self.text_weights(classnames),
+                             "values": self.value_columns(list(classnames))}
+        weights = self._columns["weights"].to(features.device)
+        values = self._columns["values"].to(features.device)
         keys = self.current_keys().to(features.device)
+        rows = max(1, CHUNK_ELEMENTS // max(1, keys.shape[0]))
         with torch.no_grad():
-            return self.scores(features, weights, keys, values, self.alpha, self.beta).float()
+            return torch.cat([self.scores(features[i:i + rows], weights, keys, values, self.alpha, self.beta).float()
+                              for i in range(0, len(features), rows)]) if len(features) else \
+                features.new_zeros((0, len(classnames)))

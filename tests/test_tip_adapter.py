@@ -257,8 +257,16 @@ def test_logits_by_class_name(bb):
     got = m.logits(x, new)
     assert (got[:, 0].double() - 100 * F.normalize(x.double(), dim=-1) @ w[:, 0].double()).abs().max() <= TOL
     assert (got[:, 1] - full[:, 1]).abs().max() <= 1e-6
-    # rows are independent of the batch
+    # rows are independent of the batch, and of the chunking of a large test set
     assert (m.logits(x[1:2], NAMES) - full[1:2]).abs().max() <= 1e-6
+    import bench.methods._tip as tip
+
+    chunk, tip.CHUNK_ELEMENTS = tip.CHUNK_ELEMENTS, 2 * len(y) - 1  # one row per chunk
+    try:
+        assert (m.logits(x, NAMES) - full).abs().max() <= 1e-6
+    finally:
+        tip.CHUNK_ELEMENTS = chunk
+    assert m.logits(x[:0], NAMES).shape == (0, 3)
     assert get_method("tip_adapter").protocols == ("fewshot", "base2new", "domain_shift")
 
 
