@@ -396,6 +396,7 @@ def test_end_to_end_through_the_runner(trees, tmp_path, tiny_backbone_spec):
     from bench.store import Store
 
     store = Store(tmp_path / "results")
+    top1 = {}
     for protocol, dataset, method, overrides in E2E:
         (config,) = expand(protocol, [method], datasets=[dataset], shots=[2], seeds=[1], overrides=overrides,
                            backbone=tiny_backbone_spec, group="coop11", data_root=str(trees))
@@ -414,6 +415,12 @@ def test_end_to_end_through_the_runner(trees, tmp_path, tiny_backbone_spec):
             assert metrics["imagenet_a"]["n_classes"] == 6 and metrics["imagenet"]["n_classes"] == 8
         if method == "tip_adapter_f":
             assert len(stats["loss"]) == 2 and 1 <= stats["epoch"] <= 2
+        top1[protocol, method] = {name: r["top1"] for name, r in metrics.items()}
+    # base2new's new classes: zero value columns, so exactly zero-shot CLIP's ranking (same template)
+    (config,) = expand("base2new", ["zeroshot"], datasets=["caltech101"], shots=[2], seeds=[1],
+                       backbone=tiny_backbone_spec, group="coop11", data_root=str(trees))
+    zero = execute(config, store)["metrics"]
+    assert top1["base2new", "tip_adapter"]["caltech101:new"] == zero["caltech101:new"]["top1"]
 
 
 class _Stop(Exception):
