@@ -228,9 +228,9 @@ class TipBase(Method):
         if self._columns.get("key") != key:
             self._columns = {"key": key, "weights": self.text_weights(classnames),
                              "values": self.value_columns(list(classnames))}
-        weights = self._columns["weights"].to(features.device)
-        values = self._columns["values"].to(features.device)
-        keys = self.current_keys().to(features.device)
+        weights = self._columns["weights"].to(features.device, torch.float64)
+        values = self._columns["values"].to(features.device, torch.float64)
+        keys = self.current_keys().to(features.device, torch.float64)
         rows = max(1, CHUNK_ELEMENTS // max(1, keys.shape[0]))
         with torch.no_grad():
             return torch.cat([self.scores(features[i:i + rows], weights, keys, values, self.alpha, self.beta).float()
