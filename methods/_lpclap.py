@@ -44,6 +44,28 @@ def class_rows(known: list[str], names: list[str], what: str) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.long)
 
 
+class FullBatch:
+    """A :class:`bench.engine.loop.Batches` source of one step per epoch on the whole set, in its given order (LP++'s
+    full-batch gradient descent, LP ``linear_probe_p2.py:127-135``): yields ``((features, labels), N)``; no RNG."""
+
+    desc = None
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor):
+        self.features, self.labels = features, labels
+
+    def __len__(self) -> int:
+        return 1
+
+    def epoch(self, e: int, start: int, saver: Callable[[], object]):
+        return iter([((self.features, self.labels), len(self.labels))][start:])
+
+    def state(self, boundary: bool) -> dict:
+        return {}
+
+    def load_state(self, state: dict) -> None:
+        pass
+
+
 class PooledBatches:
     """A :class:`bench.engine.loop.Batches` source over one bank of samples (all augmented views of all images,
     each a separate sample), as CLAP's trainer draws them (CL ``trainers/adapters.py:431-456``): every epoch the

@@ -8,7 +8,8 @@ CLIP features, no temperature.  Loss: cross-entropy, full batch.
 
 Initialisation: W = per-class SUMS of the support features (``compute_centroids`` has its division commented out,
 ``methods/utils.py:121-124``, used at ``:94-97``); b keeps PyTorch's default ``nn.Linear`` initialisation (the layer is
-built in ``fit`` from the global RNG, which the harness seeds with the run seed before ``fit``); every α_c starts at
+built in ``fit`` from torch's CPU RNG seeded with the run seed, the state the harness's ``set_seed`` leaves before
+``fit``, but independent of anything drawn before it); every α_c starts at
 α₀ = 250 · mean_c(mean_{i∈c} f_i·t_c) (``calculate_init_alpha`` ``:24-30``, ``compute_centroids_alpha``
 ``methods/utils.py:96-108``).
 Step sizes (``:16-22,32-39``): lr_W = 4N / λ_max(FᵀF) (``scipy.linalg.eigh``), lr_α = N / (4 · max_c Σ_i (f_i·t_c)²).
@@ -33,8 +34,6 @@ Deliberate differences from the reference:
 * fp32 throughout (the reference trains the classifier and α in fp16, ``:96,107``); features are cached fp32;
 * the number of classes is the run's label space (the reference infers N / shots), a class with fewer shots than
   K is simply summed over its images, and α₀ averages over the classes present;
-* the full batch is presented in a (seeded) shuffled order by ``FeatureBatches``: the mean loss is the same up to
-  float rounding;
 * the loss scaler of fp16 backbones is not used: everything here is fp32 on cached features.
 
 Protocols: few-shot and domain shift (ImageNet-A/R: rows of W, b, α and t selected by name).  W has rows only for the
@@ -48,8 +47,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench.api import (FeatureBatches, Method, Param, TrainData, fit, handcrafted_text_features, register_method)
-from ._lpclap import IMAGENET_TEMPLATES_SELECT, class_rows
+from bench.api import Method, Param, TrainData, fit, handcrafted_text_features, register_method
+from ._lpclap import IMAGENET_TEMPLATES_SELECT, FullBatch, class_rows
 
 CROP_SCALE = (0.5, 1.0)
 ALPHA_INIT_SCALE = 250.0
@@ -179,7 +178,9 @@ class LPPP(Method):
         y = train.labels.to(dev)
         n_cls = len(ctx.classnames)
         text = lpp_text_features(ctx.backbone, self.train_templates, ctx.classnames).to(dev).float()
-        linear = nn.Linear(f.shape[1], n_cls, bias=True)  # PyTorch's default init (global RNG, seeded by the run)
+        with torch.random.fork_rng(devices=[]):  # PyTorch's default init from the CPU RNG seeded with the run seed
+            torch.manual_seed(int(ctx.seed or 0))
+            linear = nn.Linear(f.shape[1], n_cls, bias=True)
         alpha0 = init_alpha(f, y, text)
         lr_w, self.lr_alpha = step_sizes(f, text)
         self.model = LPPPModel(class_sums(f, y, n_cls), linear.bias.detach().to(dev).float(), alpha0, text)
@@ -200,9 +201,8 @@ class LPPP(Method):
                     m.best_bias.copy_(m.bias)
                     m.best_alpha.copy_(m.alpha)
 
-        data = TrainData(labels=y, view=lambda v: f, n_views=1, eval_features=f)
         optimizer = lambda params: torch.optim.SGD([m.weight, m.bias], lr=lr_w, momentum=0.9)  # noqa: E731
-        stats = fit(m, self.loss, FeatureBatches(data, len(y), ctx.seed, dev), ctx, epochs=int(self.hp["epochs"]),
+        stats = fit(m, self.loss, FullBatch(f, y), ctx, epochs=int(self.hp["epochs"]),
                     optimizer=optimizer, step_fn=self.step, on_epoch_end=on_epoch_end)
         with torch.no_grad():
             m.weight.copy_(m.best_weight)
@@ -212,7 +212,7 @@ class LPPP(Method):
         stats.update(alpha0=alpha0, lr_w=lr_w, lr_alpha=self.lr_alpha, n_views_used=1,
                      selection="val" if use_val else "last epoch (no few-shot val split)" if
                      self.hp.get("selection", "val") == "val" else "last epoch",
-                     selected_epoch=int(m.best_epoch), alpha_mean=float(m.alpha.mean()))
+                     selected_epoch=int(m.best_epoch), alpha_mean=float(m.alpha.detach().mean()))
         if use_val:
             stats["val_acc"] = float(m.best_acc)
         return stats
