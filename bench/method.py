@@ -39,10 +39,8 @@ class TrainData:
     eval_features: torch.Tensor                   # (N, D) features under the test transform (no augmentation)
     val_features: torch.Tensor | None = None      # few-shot validation split, test transform
     val_labels: torch.Tensor | None = None
-    # (per_class, seed) -> (features, labels) of up to per_class seeded picks per class from the TEST split (test
-    # transform).  Only for reproducing reference code that tunes on test images (lpclip's C search on ImageNet,
-    # whose only "val" is its test set): a method using it must record that in its result.
-    draw_test: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]] | None = None
+    # Nothing of the test split is here: a method chooses its hyperparameters on the few-shot validation split
+    # (or on held-out training images where a dataset has none) and sees test images only in ``logits``.
 
 
 class Checkpointer:
@@ -214,6 +212,24 @@ class Param:
         return out
 
 
+def check_augmentation(method: str, augmentation) -> dict | None:
+    """A method's declared training augmentation (:meth:`Method.train_augmentation`) as stored in its configs:
+    None, or ``{"crop_scale": [lo, hi]}`` with 0 < lo <= hi <= 1; anything else is refused in one line."""
+    if augmentation is None:
+        return None
+    bad = BenchError(f"method {method}: train_augmentation must return None or {{'crop_scale': (lo, hi)}} with "
+                     f"0 < lo <= hi <= 1 (got {augmentation!r})")
+    if not isinstance(augmentation, dict) or set(augmentation) != {"crop_scale"}:
+        raise bad
+    try:
+        lo, hi = (float(v) for v in augmentation["crop_scale"])
+    except (TypeError, ValueError):
+        raise bad from None
+    if not 0 < lo <= hi <= 1:
+        raise bad
+    return {"crop_scale": [lo, hi]}
+
+
 class Unsupported(BenchError):
     """Raised by a method asked for something it cannot do (e.g. unseen class names for a CSC context)."""
 
@@ -269,6 +285,10 @@ class Method:
     # "images": fit() gets a bench.engine.imagestream.ImageTrainData (augmented image batches through DataLoader
     # workers) and logits() batches of test images under the test transform (methods that prompt the encoder).
     trains_on: ClassVar[str] = "features"
+    # Inductive methods (every built-in one) score each test image on its own: its logits do not change with the
+    # other test images evaluated (tests/test_leaks.py checks it for every registered method). A method that uses
+    # the test set's images at evaluation (transductive) must say so here; its rows are marked in tables.
+    transductive: ClassVar[bool] = False
 
     @classmethod
     def default_hparams(cls, protocol: str, dataset: str, shots: int) -> dict:
@@ -284,6 +304,21 @@ class Method:
         The grid caches one augmented view per epoch (at most ``--views``): epoch ``e`` sees view ``e % n_views``.
         Default: ``hparams["epochs"]`` (None when absent)."""
         return hparams.get("epochs")
+
+    @classmethod
+    def cached_views(cls, hparams: dict) -> int | None:
+        """Augmented views of each training image the run caches (``TrainData.n_views``); ``--views N`` caps it at
+        N. Default: one per epoch (:meth:`train_epochs`). A method that uses a fixed number of views declares it
+        (Tip-Adapter: 10, averaged into its cache; CLAP: 20, kept as separate samples)."""
+        return cls.train_epochs(hparams)
+
+    @classmethod
+    def train_augmentation(cls, hparams: dict) -> dict | None:
+        """The augmentation of the cached training views. None: CoOp's reference augmentation (RandomResizedCrop,
+        scale 0.08-1, bicubic, then a horizontal flip); ``{"crop_scale": (lo, hi)}``: the same with another crop
+        scale range (Tip-Adapter's and LP++'s (0.5, 1)). Views are cached per augmentation, so methods declaring
+        the same one share their views."""
+        return None
 
     @classmethod
     def estimated_cost(cls, hparams: dict, n_train: int) -> float:

@@ -257,6 +257,7 @@ def expand(
     readable ``data_root``, ``data``: the fingerprint of each dataset it reads (:func:`data_identity`).
     """
     from bench.data import get_spec
+    from bench.method import check_augmentation
     from bench.registry import code_version, get_method
 
     proto = get_protocol(protocol)
@@ -298,7 +299,7 @@ def expand(
                     # hparams get the declared types
                     overrides = normalise_overrides(name, scoped, hp)
                     hp = check_hparams(name, {**hp, **overrides})
-                    epochs = cls.train_epochs(hp)
+                    epochs = cls.cached_views(hp)
                     n_views = _n_views(views or default_views, epochs)
                     label_extra = {}
                     if cls.needs_training and n_views != _n_views(default_views, epochs):
@@ -320,6 +321,10 @@ def expand(
                     }
                     if data:
                         config["data"] = data
+                    augmentation = check_augmentation(name, cls.train_augmentation(hp)) if cls.needs_training \
+                        else None
+                    if augmentation:  # CoOp's augmentation (None) is left out: those configs hash as before
+                        config["augmentation"] = augmentation
                     from bench.store import config_hash
 
                     h = config_hash(config)

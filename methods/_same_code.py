@@ -13,7 +13,9 @@ SAME_CODE: dict[str, dict[str, str]] = {
     "coop_csc": {"39f6ec4c24ba": "1fd88305a99d"},
     "ivlp": {"dee2d7f9cf1e": "7bdd0eccc660"},
     "kgcoop": {"a4c568913258": "df0e76cddc63"},
-    "linear_probe": {"5df4796fa65a": "bd06866f3a96"},
+    # linear_probe 29a432d620dd: the c_search_without_val=test option removed (no option selects on test images);
+    # every other configuration runs the same code
+    "linear_probe": {"5df4796fa65a": "bd06866f3a96", "29a432d620dd": "bd06866f3a96"},
     "maple": {"77dc3cf9fdaf": "ac93ec87998a"},
     "promptsrc": {"963474a6e633": "35d54e4bc25e"},
     "vpt_deep": {"c64d5b2d79a9": "0fc0f77d1e1c"},

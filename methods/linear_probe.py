@@ -10,9 +10,7 @@ The classifier of the last chosen C is the final model.
 Datasets without a few-shot validation split (ImageNet, whose reference "val" is the test set) hold out
 min(4, n_c // 2) training images per class (seeded) for the search and refit the chosen C on all of them; with a
 single shot per class nothing can be held out and C = 1 (scikit-learn's default).  The statistics say which.
-``--set c_search_without_val=test`` reproduces the reference instead: C is searched on min(K, 4) images per class
-drawn (seeded) from the dataset's TEST split, as lpclip does on ImageNet.  Those images are also scored at test
-time, so the number is optimistic; the result records it and ``bench table`` flags the row (§).
+(The reference's lpclip searches C on test images there; the suite never does: docs/protocol.md.)
 
 ``logits`` scores the training classes or any subset of them by name (column selection: ImageNet-A/R's 200
 classes); other class names raise ``Unsupported``.
@@ -106,7 +104,7 @@ class LinearProbe(Method):
         "max_iter": Param(int, min=1, help="lbfgs iterations"),
         "search_steps": Param(int, min=0, help="bisection steps of the C search"),
         "C": Param(float, min=1e-12, nullable=True, help="inverse L2 regularisation strength > 0; null: searched"),
-        "c_search_without_val": Param(str, choices=("holdout", "test"),
+        "c_search_without_val": Param(str, choices=("holdout",),
                                       help="where C is searched when the dataset has no few-shot val split"),
     }
 
@@ -132,8 +130,9 @@ class LinearProbe(Method):
 
         stats: dict = {}
         mode = self.hp.get("c_search_without_val", "holdout")
-        if mode not in ("holdout", "test"):
-            raise BenchError(f"c_search_without_val must be holdout or test (got {mode!r})")
+        if mode != "holdout":
+            raise BenchError(f"c_search_without_val must be holdout (got {mode!r}): C is never searched on test "
+                             "images")
         if self.hp.get("C") is not None:
             C, stats["c_search"] = float(self.hp["C"]), "fixed"
         elif train.val_features is not None and len(train.val_features):
@@ -141,17 +140,6 @@ class LinearProbe(Method):
             yv = train.val_labels.cpu().numpy()
             C, hist = search_c(scorer(x, y, xv, yv, "val"), int(self.hp.get("search_steps", 8)))
             stats.update(c_search="val", **hist)
-        elif mode == "test":
-            if train.draw_test is None:
-                raise BenchError("c_search_without_val=test needs the test split, which this harness does not offer")
-            per_class = min(4, int(np.bincount(y).max()))  # lpclip's val shots: 1, 2, 4, 4, 4 for K = 1..16
-            xt, yt = train.draw_test(per_class, self.ctx.seed or 0)
-            xv, yv = xt.detach().cpu().double().numpy(), yt.cpu().numpy()
-            C, hist = search_c(scorer(x, y, xv, yv, "val"), int(self.hp.get("search_steps", 8)))
-            stats.update(c_search=f"test split ({len(yv)} test images, {per_class} per class; the reference's "
-                                  "lpclip on ImageNet)", **hist,
-                         table_note="C searched on images of the test split (the reference's linear probe on "
-                                    "ImageNet, which has no validation split); not held out from the test score")
         else:
             fit_idx, held = holdout_split(y, self.ctx.seed or 0)
             if len(held):

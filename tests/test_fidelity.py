@@ -195,47 +195,36 @@ def test_kgcoop_loss_and_prompts_are_the_ones_its_sources_give(tiny_backbone_spe
 # --------------------------------------------------------------------------------------------- linear probe on ImageNet
 
 
-def test_linear_probe_reference_c_search_on_test_images_is_explicit_recorded_and_flagged(xd_tree, tiny_ckpt,
-                                                                                          tmp_path, capsys):
+def test_linear_probe_never_searches_c_on_test_images(xd_tree, tiny_ckpt, tmp_path, capsys):
+    """ImageNet has no few-shot val split: C is searched on held-out training shots. The reference's search on
+    test images is not an option any more (no option selects on test images): refused in one line before any
+    work, and the training data a method gets holds nothing of the test split."""
+    import dataclasses
+
     from bench.cli import _weights_id, main
+    from bench.engine.runner import build_train_data, execute, get_backbone
+    from bench.method import TrainData
     from bench.protocols import expand
-    from bench.engine.runner import _split_for, execute, get_backbone
     from bench.store import Store
 
     backbone = {"arch": "tiny-test", "pretrained": str(tiny_ckpt), "weights": _weights_id(str(tiny_ckpt))}
-    store = Store(tmp_path / "res")
-    results = {}
-    for mode in ("holdout", "test"):
-        overrides = {} if mode == "holdout" else {"c_search_without_val": "test"}
-        (config,) = expand("domain_shift", ["linear_probe"], datasets=["imagenet"], shots=[2], seeds=[1],
-                           overrides=overrides, backbone=backbone, data_root=str(xd_tree))
-        config["evals"] = config["evals"][:1]  # ImageNet itself (the tree has no variants)
-        results[mode] = execute(config, store)
-    honest, ref = results["holdout"], results["test"]
+    (config,) = expand("domain_shift", ["linear_probe"], datasets=["imagenet"], shots=[2], seeds=[1],
+                       backbone=backbone, data_root=str(xd_tree))
+    config["evals"] = config["evals"][:1]  # ImageNet itself (the tree has no variants)
+    honest = execute(config, Store(tmp_path / "res"))
     assert honest["config"]["hparams"]["c_search_without_val"] == "holdout"  # the default
     assert honest["train_stats"]["c_search"].startswith("holdout") and "table_note" not in honest["train_stats"]
-    assert ref["train_stats"]["c_search"].startswith("test split (12 test images, 2 per class")
-    assert ref["train_stats"]["table_note"]
-    assert ref["hash"] != honest["hash"] and ref["config"]["label"] == "linear_probe[c_search_without_val=test]"
-
-    # the images the reference-style search scores are test images: rows of the test split's feature matrix
-    from bench.engine.runner import build_train_data
-
     bb, cache = get_backbone(backbone)
-    train, _ = build_train_data(ref["config"], bb, cache, str(xd_tree))
-    feats, labels = train.draw_test(2, 1)
-    assert torch.bincount(labels).tolist() == [2] * 6
-    root, items, _ = _split_for(str(xd_tree), "imagenet", "all")
-    test_feats = cache.get(root, [it.path for it in items], "eval")
-    assert all(bool((test_feats == f).all(dim=1).any()) for f in feats)
-    assert not any(bool((train.eval_features == f).all(dim=1).any()) for f in feats)  # not training shots
-
-    # bench table flags the reference-style row and says why
-    assert main(["table", "--results", str(tmp_path / "res"), "--protocol", "domain_shift", "--seeds", "1"]) == 0
-    out = capsys.readouterr().out
-    assert "| linear_probe[c_search_without_val=test] § |" in out
-    assert "| linear_probe |" in out  # the honest default is not flagged
-    assert "§ linear_probe[c_search_without_val=test]: C searched on images of the test split" in out
+    train, _ = build_train_data(config, bb, cache, str(xd_tree))
+    assert {f.name for f in dataclasses.fields(TrainData)} == {"labels", "view", "n_views", "eval_features",
+                                                               "val_features", "val_labels"}
+    assert main(["run", "--protocol", "domain_shift", "--method", "linear_probe", "--datasets", "imagenet",
+                 "--shots", "2", "--seeds", "1", "--backbone", "tiny-test", "--pretrained", str(tiny_ckpt),
+                 "--data-root", str(xd_tree), "--results", str(tmp_path / "res2"),
+                 "--set", "c_search_without_val=test"]) == 2
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("[bench ")]
+    assert len(err) == 1 and "c_search_without_val" in err[0] and "holdout" in err[0], err
+    assert not (tmp_path / "res2").exists() or not any((tmp_path / "res2").rglob("*.json"))
 
 
 # --------------------------------------------------------------------------------------------- citation labels

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import time
 import traceback
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -160,27 +161,15 @@ def build_train_data(config: dict, backbone, cache: FeatureCache, data_root):
     n_views = int(config.get("views") or 1)
     data = TrainData(
         labels=labels,
-        view=_on_device(cache.views(root, paths, seed=tr["seed"], n_views=n_views), dev),  # keyed by (seed, image, view)
+        # keyed by (augmentation, seed, image, view): methods declaring the same augmentation share views
+        view=_on_device(cache.views(root, paths, seed=tr["seed"], n_views=n_views,
+                                    augmentation=config.get("augmentation")), dev),
         n_views=n_views,
         eval_features=cache.get(root, paths, "eval").to(dev),
         val_features=cache.get(root, [it.path for it in val], "eval").to(dev) if val else None,
         val_labels=torch.tensor([it.label for it in val], dtype=torch.long, device=dev) if val else None,
-        draw_test=lambda per_class, seed: _draw_test(cache, data_root, tr["dataset"], tr["classes"], per_class, seed),
     )
     return data, names
-
-
-def _draw_test(cache: FeatureCache, data_root, dataset: str, classes: str, per_class: int, seed: int):
-    """Up to ``per_class`` seeded picks per class of the test split: (features, labels) (see TrainData.draw_test)."""
-    root, items, _ = _split_for(data_root, dataset, classes)
-    rng = np.random.default_rng(int(seed))
-    labels = np.array([it.label for it in items])
-    picks = []
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        picks += sorted(rng.choice(idx, size=min(int(per_class), len(idx)), replace=False).tolist())
-    chosen = [items[i] for i in picks]
-    return cache.get(root, [it.path for it in chosen], "eval"), torch.tensor([it.label for it in chosen])
 
 
 _WARNED_SHOTS: set = set()
@@ -210,26 +199,32 @@ def label_space(config: dict, data_root) -> list[str]:
     return subsample_classes(splits.train, splits.val, splits.test, tr["classes"]).classnames
 
 
-def execute(config: dict, store: Store | None = None, checkpointer: Checkpointer | None = None,
-            checkpoint_every: int = 0, device: str | None = None) -> dict:
-    """Run one config end to end and write its result; returns the result (or the stored one if complete)."""
-    from bench.data import check_fingerprints, get_spec, resolve_data_root
-    from bench.registry import code_version, get_method
+@dataclass
+class TrainedRun:
+    """A method trained for one config, ready to score test splits (:func:`train_run`, :func:`evaluate`)."""
 
-    store = store or Store()
-    done = store.load(config)
-    if done is not None:
-        return done
-    data_root = resolve_data_root(config.get("data_root"), environ=False, required=True)
-    check_fingerprints(config.get("data"), data_root)
+    cls: type
+    method: object
+    ctx: Context
+    backbone: object
+    cache: FeatureCache
+    images: bool                     # the method scores images (trains_on = "images"), else cached features
+    stats: dict
+    train_s: float
+    train_images: dict | None
+
+    def describe(self) -> dict:
+        return getattr(self.method, "template_info", lambda: {"template": self.ctx.template})()
+
+
+def train_run(config: dict, data_root, checkpointer: Checkpointer | None = None, checkpoint_every: int = 0,
+              device: str | None = None) -> TrainedRun:
+    """Build the config's method on its backbone and few-shot data and fit it (nothing of any test split is read:
+    the method sees test images only in :func:`evaluate`)."""
+    from bench.data import get_spec
+    from bench.registry import get_method
+
     cls = get_method(config["method"])
-    if config.get("code", code_version(cls)) != code_version(cls):  # e.g. a queued SLURM task after an edit
-        raise BenchError(f"the code of method {config['method']} changed since this run was planned: run "
-                         f"`bench run` again to plan it with the current code")
-    for ev in config["evals"]:  # an evaluation over no images has no accuracy: refuse before any work
-        require_test_images(data_root, ev["dataset"], ev["classes"])
-    t0 = time.time()
-    determinism = deterministic_cuda() if str(device or default_device()).startswith("cuda") else None
     backbone, cache = get_backbone(config["backbone"], config.get("precision", "auto"), device)
     if backbone.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(torch.device(backbone.device))
@@ -254,11 +249,48 @@ def execute(config: dict, store: Store | None = None, checkpointer: Checkpointer
                   checkpoint_every=checkpoint_every, log=log.info,
                   templates={d: get_spec(d).template for d in [tr["dataset"], *(e["dataset"] for e in config["evals"])]})
     method = cls(ctx)
-    describe = getattr(method, "template_info", lambda: {"template": ctx.template})
     set_seed(tr["seed"])
     t_fit = time.time()
     stats = method.fit(train) if train is not None else {}
-    train_time = time.time() - t_fit
+    return TrainedRun(cls, method, ctx, backbone, cache, images, stats, time.time() - t_fit, train_images)
+
+
+def evaluate(run: TrainedRun, root, items: list, classnames: list[str]) -> torch.Tensor:
+    """(len(items), len(classnames)) logits of a test split's items (test transform) scored by the trained method.
+
+    The method gets the images (or their cached features) and the class names, never the items' labels; called
+    inside ``run.ctx.evaluating(dataset)`` by the runner. ``Unsupported`` passes through."""
+    with torch.no_grad():
+        if run.images:  # the method sees test images (test transform), streamed in batches
+            from bench.engine.imagestream import stream_logits
+
+            return stream_logits(run.method, run.backbone, root, [it.path for it in items], classnames)
+        feats = run.cache.get(root, [it.path for it in items], "eval")
+        return run.method.logits(feats.to(run.backbone.device), classnames)
+
+
+def execute(config: dict, store: Store | None = None, checkpointer: Checkpointer | None = None,
+            checkpoint_every: int = 0, device: str | None = None) -> dict:
+    """Run one config end to end and write its result; returns the result (or the stored one if complete)."""
+    from bench.data import check_fingerprints, resolve_data_root
+    from bench.registry import code_version, get_method
+
+    store = store or Store()
+    done = store.load(config)
+    if done is not None:
+        return done
+    data_root = resolve_data_root(config.get("data_root"), environ=False, required=True)
+    check_fingerprints(config.get("data"), data_root)
+    cls = get_method(config["method"])
+    if config.get("code", code_version(cls)) != code_version(cls):  # e.g. a queued SLURM task after an edit
+        raise BenchError(f"the code of method {config['method']} changed since this run was planned: run "
+                         f"`bench run` again to plan it with the current code")
+    for ev in config["evals"]:  # an evaluation over no images has no accuracy: refuse before any work
+        require_test_images(data_root, ev["dataset"], ev["classes"])
+    t0 = time.time()
+    determinism = deterministic_cuda() if str(device or default_device()).startswith("cuda") else None
+    run = train_run(config, data_root, checkpointer or Checkpointer(), checkpoint_every, device)
+    backbone, ctx, tr = run.backbone, run.ctx, config["train"]
     evaluations = {}
     t_eval = time.time()
     for ev in config["evals"]:
@@ -266,22 +298,19 @@ def execute(config: dict, store: Store | None = None, checkpointer: Checkpointer
         root, items, names = _split_for(data_root, ev["dataset"], ev["classes"])
         labels = torch.tensor([it.label for it in items], dtype=torch.long)
         with ctx.evaluating(ev["dataset"]):  # hand-crafted prompts: the evaluated dataset's template
-            used = describe()
+            used = run.describe()
             try:
-                with torch.no_grad():
-                    if images:  # the method sees test images (test transform), streamed in batches
-                        from bench.engine.imagestream import stream_logits
-
-                        logits = stream_logits(method, backbone, root, [it.path for it in items], names)
-                    else:
-                        feats = cache.get(root, [it.path for it in items], "eval")
-                        logits = method.logits(feats.to(backbone.device), names)
+                logits = evaluate(run, root, items, names)
             except Unsupported as e:
                 evaluations[name] = {"top1": None, "unsupported": str(e), **ev, "templates": used}
                 continue
         evaluations[name] = {**metrics(logits, labels, names), **ev, "templates": used}
         log.info(f"{config['label']} {tr['dataset']} shots={tr['shots']} seed={tr['seed']} -> {name}: "
                  f"top1 {evaluations[name]['top1']:.2f}%")
+    stats, train_time, train_images = run.stats, run.train_s, run.train_images
+    if run.cls.transductive:  # tables mark it (table_note)
+        stats = {**stats, "table_note": "; ".join(filter(None, [
+            "transductive: uses the unlabelled test images at evaluation", stats.get("table_note")]))}
     result = {
         "status": "complete",
         "hash": config_hash(config),
@@ -289,7 +318,7 @@ def execute(config: dict, store: Store | None = None, checkpointer: Checkpointer
         "metrics": evaluations,
         "train_stats": stats,
         "train_images": train_images,
-        "templates": describe(),  # as trained; each evaluation records the templates that scored it
+        "templates": run.describe(),  # as trained; each evaluation records the templates that scored it
         "backbone_resolved": {"arch": backbone.arch, "identity": backbone.identity, "precision": backbone.precision,
                               "device": backbone.device, "deterministic": determinism},
         "time": {"total_s": time.time() - t0, "train_s": train_time, "eval_s": time.time() - t_eval},

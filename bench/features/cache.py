@@ -67,15 +67,17 @@ class FeatureCache:
             self._base = self.root / _digest(self.backbone.identity) / numerics_key(self.backbone)
         return self._base
 
-    def transform_key(self, transform: str) -> str:
+    def transform_key(self, transform: str, augmentation: dict | None = None) -> str:
+        """Folder of a transform, keyed by its description: methods declaring the same augmentation share it."""
         b = self.backbone
-        return transform_key(transform, b.eval_transform if transform == "eval" else b.train_transform,
+        return transform_key(transform, b.eval_transform if transform == "eval" else b.train_transform_for(augmentation),
                              b.image_size)
 
-    def bank_dir(self, dataset_root, transform: str, view: int | None = None, seed: int | None = None) -> Path:
+    def bank_dir(self, dataset_root, transform: str, view: int | None = None, seed: int | None = None,
+                 augmentation: dict | None = None) -> Path:
         name = "eval" if transform == "eval" else f"seed{int(seed or 0)}-view{int(view)}"
-        return (self.base() / self.transform_key(transform) / _digest(str(Path(dataset_root).resolve()))
-                / name)
+        return (self.base() / self.transform_key(transform, augmentation)
+                / _digest(str(Path(dataset_root).resolve())) / name)
 
     @staticmethod
     def image_keys(dataset_root, relpaths: Sequence[str]) -> list[str]:
@@ -91,17 +93,19 @@ class FeatureCache:
     # --- public --------------------------------------------------------------------------------------------
 
     def get(self, dataset_root, relpaths: list[str], transform: str = "eval", view: int = 0,
-            seed: int | None = 0) -> torch.Tensor:
+            seed: int | None = 0, augmentation: dict | None = None) -> torch.Tensor:
         if transform not in ("eval", "train"):
             raise ValueError(f"transform must be 'eval' or 'train', not {transform!r}")
         root = Path(dataset_root)
         keys = self.image_keys(root, relpaths)
         target = (None, self.bank_dir(root, "eval")) if transform == "eval" else \
-            (int(view), self.bank_dir(root, "train", view, seed))
-        return self._serve(root, relpaths, keys, [target], target, seed)
+            (int(view), self.bank_dir(root, "train", view, seed, augmentation))
+        return self._serve(root, relpaths, keys, [target], target, seed, augmentation)
 
-    def views(self, dataset_root, relpaths: list[str], seed: int | None, n_views: int) -> "TrainViews":
-        return TrainViews(self, Path(dataset_root), list(relpaths), seed, int(n_views))
+    def views(self, dataset_root, relpaths: list[str], seed: int | None, n_views: int,
+              augmentation: dict | None = None) -> "TrainViews":
+        """The augmented training views of a run (``augmentation``: the method's, None for CoOp's)."""
+        return TrainViews(self, Path(dataset_root), list(relpaths), seed, int(n_views), augmentation)
 
     # --- banks in memory -----------------------------------------------------------------------------------
 
@@ -161,20 +165,20 @@ class FeatureCache:
 
     # --- serving and filling -------------------------------------------------------------------------------
 
-    def _serve(self, root: Path, relpaths, keys, targets, want, seed) -> torch.Tensor:
+    def _serve(self, root: Path, relpaths, keys, targets, want, seed, augmentation=None) -> torch.Tensor:
         """Features of ``want`` (a target); on any miss there, fill every target's missing rows first."""
         _, folder = want
         bank = self._bank(folder)
         miss = bank.missing(keys)
         self.stats["hits"] += len(keys) - len(miss)
         if miss:
-            self._fill(root, relpaths, keys, targets, seed)
+            self._fill(root, relpaths, keys, targets, seed, augmentation)
             bank = self._bank(folder)
         if not keys:
             return torch.zeros(0, self.backbone.embed_dim)
         return bank.take(keys)
 
-    def _fill(self, root: Path, relpaths, keys, targets, seed) -> None:
+    def _fill(self, root: Path, relpaths, keys, targets, seed, augmentation=None) -> None:
         waiting = False
         while True:
             todo = {}
@@ -194,7 +198,7 @@ class FeatureCache:
                 time.sleep(0.5)
                 continue
             with claim:  # refreshed by its heartbeat while encoding; released however encoding ends
-                self._encode(root, relpaths, keys, todo, seed)
+                self._encode(root, relpaths, keys, todo, seed, augmentation)
             return
 
     def _claim(self, name: str) -> "claims.Claim | None":
@@ -202,7 +206,7 @@ class FeatureCache:
         holds it (a killed process's claim is taken over at once, another host's once it is stale)."""
         return claims.acquire(self.base() / "claims" / f"{name}.claim", what="feature cache")
 
-    def _encode(self, root: Path, relpaths, keys, todo: dict, seed) -> None:
+    def _encode(self, root: Path, relpaths, keys, todo: dict, seed, augmentation=None) -> None:
         """Decode each image with a missing row once, draw its missing views, encode in batches, write banks."""
         b = self.backbone
         t_fill = time.perf_counter()
@@ -230,11 +234,12 @@ class FeatureCache:
         total = sum(len(vs) for _, vs in jobs)
         workers = self.workers if total > self.batch_size else 0  # a handful of images: no worker start-up
         cuda = torch.device(b.device).type == "cuda"
-        split = _split(b.eval_transform), _split(b.train_transform)
+        train_tf = b.train_transform_for(augmentation)
+        split = _split(b.eval_transform), _split(train_tf)
         norm = None
         if split[0] and split[1] and all(torch.equal(split[0][k], split[1][k]) for k in (1, 2)):
             norm = split[0][1].to(b.device), split[0][2].to(b.device)
-        ds = _Views(root, [rel for rel, _ in jobs], b.eval_transform, b.train_transform, seed,
+        ds = _Views(root, [rel for rel, _ in jobs], b.eval_transform, train_tf, seed,
                     split=norm is not None)
         loader = SignalSafeLoader(ds, batch_sampler=[[(j, jobs[j][1]) for j in js] for js in sampler],
                                   num_workers=workers, collate_fn=collate, pin_memory=cuda, persistent_workers=False,
@@ -301,15 +306,18 @@ class TrainViews:
     ``seed``. The first call that misses encodes every missing view of the set in one pass (each image decoded
     once); a method that never calls it encodes nothing."""
 
-    def __init__(self, cache: FeatureCache, root: Path, relpaths: list[str], seed, n_views: int):
+    def __init__(self, cache: FeatureCache, root: Path, relpaths: list[str], seed, n_views: int,
+                 augmentation: dict | None = None):
         if n_views < 1:
             raise BenchError(f"n_views must be >= 1, not {n_views}")
         self.cache, self.root, self.relpaths, self.seed, self.n_views = cache, root, relpaths, seed, n_views
+        self.augmentation = augmentation
         self._keys: list[str] | None = None
 
     def __call__(self, view: int) -> torch.Tensor:
         if self._keys is None:
             self._keys = self.cache.image_keys(self.root, self.relpaths)
-        targets = [(v, self.cache.bank_dir(self.root, "train", v, self.seed)) for v in range(self.n_views)]
+        targets = [(v, self.cache.bank_dir(self.root, "train", v, self.seed, self.augmentation))
+                   for v in range(self.n_views)]
         return self.cache._serve(self.root, self.relpaths, self._keys, targets, targets[view % self.n_views],
-                                 self.seed)
+                                 self.seed, self.augmentation)

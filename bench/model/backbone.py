@@ -283,6 +283,13 @@ class Backbone:
         self.train_transform = train_transform(self.image_size, self.mean, self.std)
         self._tokenizer = None
 
+    def train_transform_for(self, augmentation: dict | None = None):
+        """The training augmentation a method declares (:meth:`bench.method.Method.train_augmentation`): None is
+        CoOp's (:attr:`train_transform`); ``{"crop_scale": (lo, hi)}`` another RandomResizedCrop scale range."""
+        if not augmentation:
+            return self.train_transform
+        return train_transform(self.image_size, self.mean, self.std, crop_scale=augmentation["crop_scale"])
+
     def __repr__(self) -> str:
         return f"Backbone({self.identity}, device={self.device}, precision={self.precision})"
 

@@ -54,11 +54,13 @@ def eval_transform_from_cfg(pp: dict) -> T.Compose:
     return T.Compose([_to_rgb, *steps, T.ToTensor(), T.Normalize(mean, std)])
 
 
-def train_transform(image_size: int, mean, std) -> T.Compose:
-    """CoOp's training augmentation: RandomResizedCrop(scale 0.08-1, bicubic) + flip + ToTensor + Normalize."""
+def train_transform(image_size: int, mean, std, crop_scale: tuple[float, float] = (0.08, 1.0)) -> T.Compose:
+    """CoOp's training augmentation: RandomResizedCrop(scale 0.08-1, bicubic) + flip + ToTensor + Normalize
+    (``crop_scale``: another RandomResizedCrop scale range, e.g. Tip-Adapter's (0.5, 1))."""
     return T.Compose([
         _to_rgb,
-        T.RandomResizedCrop(image_size, scale=(0.08, 1.0), interpolation=T.InterpolationMode.BICUBIC),
+        T.RandomResizedCrop(image_size, scale=tuple(float(v) for v in crop_scale),
+                            interpolation=T.InterpolationMode.BICUBIC),
         T.RandomHorizontalFlip(0.5),
         T.ToTensor(),
         T.Normalize(mean, std),
