@@ -230,7 +230,7 @@ def reference_clap(views, labels, base_text_features, logit_scale, lrs, constrai
         optim.zero_grad()
         loss.backward()
         optim.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return prototypes.detach(), alpha_constraint, losses
 
 
@@ -410,6 +410,10 @@ def test_end_to_end_through_the_runner(trees, tmp_path, tiny_backbone_spec):
     for protocol, dataset, method, overrides in E2E:
         (config,) = expand(protocol, [method], datasets=[dataset], shots=[2], seeds=[1], overrides=overrides,
                            backbone=tiny_backbone_spec, group="coop11", data_root=str(trees))
+        if method == "lp_pp":  # one view per image, RandomResizedCrop (0.5, 1) + flip
+            assert config["views"] == 1 and config["augmentation"] == {"crop_scale": [0.5, 1.0]}
+        else:  # the views CLAP pools, the suite's CoOp augmentation
+            assert config["views"] == overrides["views"] and "augmentation" not in config
         result = execute(config, store)
         assert result["status"] == "complete", (method, result.get("error"))
         metrics = result["metrics"]
