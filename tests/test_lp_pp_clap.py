@@ -7,6 +7,7 @@ jusiro/CLAP), on tiny-model image features; then a cheap learning test on separa
 end-to-end pass per protocol through ``bench.engine.runner.execute`` on synthetic dataset trees.
 """
 
+import copy
 import math
 
 import numpy as np
@@ -16,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bench.errors import BenchError
-from bench.method import Context, TrainData, Unsupported
+from bench.method import Checkpointer, Context, TrainData, Unsupported
 from bench.registry import get_method
 
 NAMES = ["dog", "golden_retriever", "x-ray machine"]
@@ -283,7 +284,7 @@ def test_clap_loss_and_one_step(bb, clap_task):
         m = losses[method]
         with torch.no_grad():
             m.model.prototypes.copy_(W)
-        assert abs(float(m.loss(f, yy)) - float(expected)) <= TOL
+        assert abs(float(m.loss(f, yy).detach()) - float(expected.detach())) <= TOL
     # the one step both took, from T: W1 = T − 0.1 · ∇(loss at T) (first momentum step is the gradient)
     for method in ("clap", "zs_lp"):
         W0 = T.clone().requires_grad_(True)
@@ -354,6 +355,53 @@ def test_clap_declarations_and_names(bb, clap_task):
     assert maxdiff(zero_shot_prototypes(bb, tpl, NAMES), manual) <= TOL
 
 
+# ------------------------------------------------------------------------------------------ resume
+
+class _Stop(Exception):
+    pass
+
+
+class _MemoryCheckpointer(Checkpointer):
+    """Keeps the last state in memory; ``stop_at`` simulates a preemption right after that epoch's save."""
+
+    def __init__(self, stop_at=None):
+        self.state, self.stop_at = None, stop_at
+
+    def load(self):
+        return self.state
+
+    def save(self, state):
+        self.state = copy.deepcopy(state)
+        if self.stop_at is not None and state["epoch"] == self.stop_at:
+            raise _Stop
+
+
+@pytest.mark.parametrize("method,hp", [("lp_pp", dict(epochs=23)),  # stops at 12: α-gradient sum and best state
+                                       ("clap", dict(epochs=5, batch_size=4, views=3)),  # 3 steps per epoch
+                                       ("zs_lp", dict(epochs=5, batch_size=4, views=3))])
+def test_preempted_training_resumes_to_the_same_model(bb, lpp_task, clap_task, method, hp):
+    views, y, xt = clap_task
+    xv, yv = lpp_task[2], lpp_task[3]
+    data = lambda: train_data(views[0], y, xv, yv, views=views)  # noqa: E731
+    full = make(bb, method, NAMES, **hp)
+    stats = full.fit(data())
+    stop = 12 if method == "lp_pp" else 2
+    ck = _MemoryCheckpointer(stop_at=stop)
+    first = make(bb, method, NAMES, **hp)
+    first.ctx.checkpointer, first.ctx.checkpoint_every = ck, 1
+    with pytest.raises(_Stop):
+        first.fit(data())
+    ck.stop_at = None
+    torch.manual_seed(123)
+    second = make(bb, method, NAMES, seed=9, **hp)  # another seed: everything seeded comes from the checkpoint
+    second.ctx.checkpointer, second.ctx.checkpoint_every = ck, 1
+    resumed = second.fit(data())
+    assert resumed["loss"] == stats["loss"]
+    assert torch.equal(second.logits(xt, NAMES), full.logits(xt, NAMES))
+    if method == "lp_pp":
+        assert resumed["selected_epoch"] == stats["selected_epoch"]
+
+
 # ------------------------------------------------------------------------------------------ learning
 
 def test_learning_beats_zero_shot(bb):
@@ -371,12 +419,15 @@ def test_learning_beats_zero_shot(bb):
     views = [x] + [draw(32)[0] for _ in range(2)]
     text = bb.encode_text([f"a photo of a {n}." for n in names])
     zs = float((F.normalize(xt, dim=-1) @ text.t()).argmax(1).eq(yt).float().mean())
+    shift = {}
     for method, hp in (("lp_pp", dict(epochs=30)), ("clap", dict(epochs=30, views=3)),
                        ("zs_lp", dict(epochs=30, views=3))):
         m = make(bb, method, names, **hp)
-        m.fit(train_data(x, y, xv, yv, views=views))
+        stats = m.fit(train_data(x, y, xv, yv, views=views))
         acc = float(m.logits(xt, names).argmax(1).eq(yt).float().mean())
         assert acc > max(zs + 0.3, 0.8), (method, zs, acc)
+        shift[method] = stats.get("prototype_shift")
+    assert shift["clap"] < shift["zs_lp"]  # the penalty holds CLAP's prototypes nearer the zero-shot ones
 
 
 # ------------------------------------------------------------------------------------------ end to end
