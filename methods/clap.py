@@ -47,6 +47,7 @@ from bench.api import Method, Param, TrainData, fit, prompt_name, register_metho
 from ._lpclap import IMAGENET_TEMPLATES_SELECT, PooledBatches, class_rows
 
 IMAGENET_EXTRA = "a photo of a {}."
+CHUNK = 8192
 
 
 def zero_shot_prototypes(backbone, templates: list[str], classnames: list[str]) -> torch.Tensor:
@@ -62,8 +63,9 @@ def cos_logits(f: torch.Tensor, w: torch.Tensor, scale: float) -> torch.Tensor:
 
 def true_class_multipliers(f: torch.Tensor, y: torch.Tensor, text: torch.Tensor, scale: float) -> torch.Tensor:
     """λ_c = mean over the views of class c of softmax(zero-shot logits)[true class] (0 for a class without views)."""
-    p = torch.softmax(cos_logits(f, text, scale), dim=-1)
-    own = p.gather(1, y[:, None])[:, 0].double()
+    own = torch.cat([  # in chunks: 20 views x 16 shots x 1000 classes on ImageNet
+        torch.softmax(cos_logits(f[i:i + CHUNK], text, scale), dim=-1).gather(1, y[i:i + CHUNK, None])[:, 0]
+        for i in range(0, len(y), CHUNK)]).double()
     n_cls = text.shape[0]
     sums = torch.zeros(n_cls, dtype=torch.float64, device=f.device).index_add_(0, y, own)
     counts = torch.bincount(y, minlength=n_cls).double().clamp_min(1)

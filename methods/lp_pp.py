@@ -22,6 +22,9 @@ Text features: the dataset's single CoOp template (e.g. ``datasets/dtd.py:8``); 
 each normalised, averaged, re-normalised (``utils.py:35-52``, ``datasets/imagenet.py:178-184``).
 Features: ONE augmented view per training image, ``RandomResizedCrop(scale=(0.5, 1))`` + flip (``main.py:69-79``):
 ``train_augmentation`` and ``cached_views`` declare it; only view 0 is read, whatever the run caches.
+Training runs in the suite's :func:`fit` loop (checkpoints, preemption): a full-batch source in the set's own order
+(one step per epoch), an optimiser factory holding only W and b, the α rule as its ``step_fn`` and the selection as
+its ``on_epoch_end`` (the selected state in buffers, so that a resumed run selects the same epoch).
 Selection (``:141-155``): validation accuracy after every epoch; the state of the last epoch with val ≥ best (best
 starts at 0) is kept.  Without a validation split (ImageNet): the last epoch.
 
