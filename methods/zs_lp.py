@@ -15,5 +15,4 @@ class ZSLP(CLAP):
     marker = "X"
     linestyle = ":"
     order = 151
-    protocols = ("fewshot", "domain_shift")
     constrained = False

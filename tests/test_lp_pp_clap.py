@@ -336,15 +336,22 @@ def test_clap_declarations_and_names(bb, clap_task):
         assert (hp["epochs"], hp["batch_size"], hp["lr"], hp["momentum"], hp["weight_decay"], hp["warmup_epochs"],
                 hp["warmup_lr"], hp["views"]) == (300, 256, 0.1, 0.9, 0.0, 1, 1e-5, 20)
         assert cls.cached_views(hp) == 20 and cls.train_augmentation(hp) is None
-        assert set(hp) <= set(cls.hparam_spec) and cls.protocols == ("fewshot", "domain_shift")
+        assert set(hp) <= set(cls.hparam_spec)
+        assert cls.protocols == ("fewshot", "base2new", "domain_shift", "cross_dataset")
     assert get_method("clap").constrained and not get_method("zs_lp").constrained
     m = make(bb, "clap", NAMES, epochs=2, views=5)  # only 3 views cached: uses 3
     stats = m.fit(train_data(views[0], y, views=views))
     assert stats["n_views_used"] == 3
     full = m.logits(xt, NAMES)
     assert torch.allclose(m.logits(xt, [NAMES[1]]), full[:, [1]])
-    with pytest.raises(Unsupported):
-        m.logits(xt, ["cat"])
+    # a name never trained on: its zero-shot prototype from the evaluated dataset's template (DTD: "{} texture.")
+    with m.ctx.evaluating("dtd"):
+        mixed = m.logits(xt, ["cat", NAMES[2], "red car"])
+        assert m.template_info()["unseen_classes"] == {"zero-shot prototypes": ["{} texture."]}
+    zs = bb.encode_text(["cat texture.", "red car texture."], normalize=False)
+    ref = bb.logit_scale * F.normalize(xt, dim=-1) @ F.normalize(zs, dim=-1).t()
+    assert maxdiff(mixed[:, [0, 2]], ref) <= TOL and torch.allclose(mixed[:, 1], full[:, 2])
+    assert torch.allclose(m.logits(xt[:2], ["cat", NAMES[0]]), m.logits(xt, ["cat", NAMES[0]])[:2])
     inet = make(bb, "clap", NAMES, dataset="imagenet")
     assert inet.template_info()["templates"][-1] == "a photo of a {}." and len(inet.template_info()["templates"]) == 8
     from bench.methods.clap import zero_shot_prototypes
@@ -449,6 +456,7 @@ E2E = [
     ("fewshot", "caltech101", "zs_lp", {"epochs": 2, "views": 2}),
     ("domain_shift", "imagenet", "lp_pp", {"epochs": 3}),
     ("domain_shift", "imagenet", "clap", {"epochs": 2, "views": 2}),
+    ("base2new", "caltech101", "zs_lp", {"epochs": 2, "views": 2}),  # new classes: zero-shot prototypes
 ]
 
 
@@ -474,11 +482,13 @@ def test_end_to_end_through_the_runner(trees, tmp_path, tiny_backbone_spec):
         assert len(stats["loss"]) == overrides["epochs"]
         if protocol == "domain_shift":
             assert metrics["imagenet_a"]["n_classes"] == 6 and metrics["imagenet"]["n_classes"] == 8
+        if protocol == "base2new":
+            assert set(metrics) == {"caltech101:base", "caltech101:new"}, sorted(metrics)
         if method == "lp_pp":
             assert stats["selection"] == ("val" if dataset == "caltech101" else "last epoch (no few-shot val split)")
         else:
             assert stats["n_views_used"] == 2
-    for method in ("lp_pp", "clap", "zs_lp"):
-        with pytest.raises(BenchError, match="does not support protocol base2new"):
-            expand("base2new", [method], datasets=["caltech101"], shots=[2], seeds=[1],
+    for protocol in ("base2new", "cross_dataset"):  # LP++'s W has rows for the training classes only
+        with pytest.raises(BenchError, match=f"does not support protocol {protocol}"):
+            expand(protocol, ["lp_pp"], datasets=["caltech101"], shots=[2], seeds=[1],
                    backbone=tiny_backbone_spec, group="coop11", data_root=str(trees))
