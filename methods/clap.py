@@ -69,10 +69,8 @@ def true_class_multipliers(f: torch.Tensor, y: torch.Tensor, text: torch.Tensor,
     own = torch.cat([  # in chunks: 20 views x 16 shots x 1000 classes on ImageNet
         torch.softmax(cos_logits(f[i:i + CHUNK], text, scale), dim=-1).gather(1, y[i:i + CHUNK, None])[:, 0]
         for i in range(0, len(y), CHUNK)]).double()
-    n_cls = text.shape[0]
-    sums = torch.zeros(n_cls, dtype=torch.float64, device=f.device).index_add_(0, y, own)
-    counts = torch.bincount(y, minlength=n_cls).double().clamp_min(1)
-    return (sums / counts).to(f.dtype)
+    one_hot = F.one_hot(y, text.shape[0]).double()  # matmuls: deterministic on CUDA (index_add_ may not be)
+    return ((one_hot.t() @ own) / one_hot.sum(0).clamp_min(1)).to(f.dtype)
 
 
 class Prototypes(nn.Module):

@@ -65,15 +65,15 @@ def lpp_text_features(backbone, templates: list[str], classnames: list[str]) -> 
 
 def class_sums(f: torch.Tensor, y: torch.Tensor, n_cls: int) -> torch.Tensor:
     """(C, D) per-class sums of the rows of ``f`` (LP's centroids without the division)."""
-    return torch.zeros(n_cls, f.shape[1], dtype=f.dtype, device=f.device).index_add_(0, y, f)
+    return F.one_hot(y, n_cls).to(f.dtype).t() @ f  # a matmul: deterministic on CUDA (index_add_ may not be)
 
 
 def init_alpha(f: torch.Tensor, y: torch.Tensor, text: torch.Tensor) -> float:
     """α₀ = 250 · mean over the classes present of mean_{i∈c} f_i·t_c."""
     n_cls = text.shape[0]
     own = (f * text[y]).sum(-1).double()
-    sums = torch.zeros(n_cls, dtype=torch.float64, device=f.device).index_add_(0, y, own)
-    counts = torch.bincount(y, minlength=n_cls).double()
+    one_hot = F.one_hot(y, n_cls).double()
+    sums, counts = one_hot.t() @ own, one_hot.sum(0)
     present = counts > 0
     return float(ALPHA_INIT_SCALE * (sums[present] / counts[present]).mean())
 
