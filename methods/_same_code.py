@@ -20,4 +20,6 @@ SAME_CODE: dict[str, dict[str, str]] = {
     "promptsrc": {"963474a6e633": "35d54e4bc25e"},
     "vpt_deep": {"c64d5b2d79a9": "0fc0f77d1e1c"},
     "zeroshot": {"6a9b2a6b52fa": "9725a2c0cda6"},
+    # clip_lora 7ea1ab1b7973: its figure colour only (IVLP had the same one)
+    "clip_lora": {"7ea1ab1b7973": "32cc634622cc"},
 }

@@ -32,7 +32,7 @@ class CLIPLoRA(Method):
     trains_on = "images"
     description = "CLIP-LoRA: rank-2 LoRA on q, k, v of both towers, AdamW + per-iteration cosine, 500 x shots iters"
     display_name = "CLIP-LoRA"
-    color = "#E377C2"
+    color = "#E7298A"
     marker = "H"
     order = 90
     hparam_spec = {

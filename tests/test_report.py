@@ -453,10 +453,12 @@ def test_reference_numbers_are_consistent_and_use_suite_names():
     ref = load_reference()
     assert set(ref["status"]) <= {"VERBATIM", "RECALLED", "DERIVED"} and (ref["source"] != "").all()
     assert set(ref["protocol"]) == {"fewshot", "base2new", "domain_shift", "cross_dataset"}
+    assert set(ref["selection"]) <= {"", "test", "full_val", "unstated"}
     for key in set(ref["eval"]) - {"average", "target_average"}:
         get_spec(key)                                   # a suite dataset key (raises otherwise)
     assert set(ref["method"]) <= {"zeroshot", "linear_probe", "coop", "cocoop", "kgcoop", "maple", "prograd", "proda",
-                                 "vpt_deep", "ivlp", "promptsrc"}
+                                 "vpt_deep", "ivlp", "promptsrc", "tip_adapter", "tip_adapter_f", "clip_adapter",
+                                 "taskres", "lp_pp", "clap", "zs_lp", "clip_lora"}
     primary = ref[(ref["variant"] == "") & (ref["seed"] == "")]
     # one published number per (protocol, table, backbone, method, shots, eval, metric)
     assert not primary.duplicated(["protocol", "table", "backbone", "method", "shots", "eval", "metric"]).any()

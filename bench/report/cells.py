@@ -6,6 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 STATUS_MARKS = {"RECALLED": "†", "DERIVED": "‡"}
+# how a published number chose its hyperparameters (results/reference/README.md, column `selection`): on test
+# images, or on the full validation split instead of the suite's few-shot validation; unmarked otherwise
+SELECTION_MARKS = {"test": "¶", "full_val": "‖"}
+LATEX_MARKS = {"†": "$^\\dagger$", "‡": "$^\\ddagger$", "¶": "$^\\P$", "‖": "$^\\|$"}
 FLAG = "§"  # a label whose runs carry a method's table note (e.g. the linear probe's C searched on test images)
 
 
@@ -26,6 +30,7 @@ class Cell:
     n: int = 0
     expected: int = 0
     status: str = ""             # paper cells: VERBATIM | RECALLED | DERIVED
+    selection: str = ""          # paper cells: "" | test | full_val | unstated (hyperparameters chosen on what)
     best: bool = False
     detail: str = ""             # incomplete averages: "9/11 datasets"
 
@@ -38,10 +43,10 @@ class Cell:
                 s += f"{pm}{fixed(self.std, digits)}"
             return s
         if self.kind == "paper":
-            mark = STATUS_MARKS.get(self.status, "")
-            if latex and mark:
-                mark = {"†": "$^\\dagger$", "‡": "$^\\ddagger$"}[mark]
-            return f"{fixed(self.mean, digits)}{mark}"
+            marks = STATUS_MARKS.get(self.status, "") + SELECTION_MARKS.get(self.selection, "")
+            if latex:
+                marks = "".join(LATEX_MARKS[m] for m in marks)
+            return f"{fixed(self.mean, digits)}{marks}"
         if self.kind == "diff":
             return fixed(self.mean, digits, sign=True)
         if self.kind == "partial":

@@ -5,12 +5,24 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.errors import BenchError
-from bench.report.cells import Cell, Row, Table
+from bench.report.cells import SELECTION_MARKS, Cell, Row, Table
 
 STATUS_NOTES = {
     "RECALLED": "† RECALLED: the paper's number as commonly quoted, not seen verbatim in a repository file "
                 "(results/reference/README.md); check it against the PDF.",
     "DERIVED": "‡ DERIVED: computed here from VERBATIM numbers (e.g. the mean of the author's per-seed values).",
+}
+# the column `selection`: how the published number chose its hyperparameters (or epoch); "" = as this suite does
+# (few-shot validation, or no search), "unstated" = not documented by the authors (unmarked)
+SELECTIONS = ("", "test", "full_val", "unstated")
+SELECTION_NOTES = {
+    "test": f"{SELECTION_MARKS['test']} the published number chose hyperparameters or the epoch on TEST images "
+            "(e.g. Tip-Adapter's alpha/beta on ImageNet, every Tip-Adapter-F epoch); this suite selects on the "
+            "few-shot validation split, so the published number is optimistic against it (results/reference/README.md, "
+            "column selection).",
+    "full_val": f"{SELECTION_MARKS['full_val']} the published number chose hyperparameters on the FULL validation "
+                "split (e.g. Tip-Adapter's alpha/beta grid), not on a few-shot one as this suite does "
+                "(results/reference/README.md, column selection).",
 }
 
 
@@ -35,11 +47,18 @@ def load_reference(folder: str | Path | None = None):
         frames.append(pd.DataFrame(data.get("numbers", []) if isinstance(data, dict) else data))
     if not frames:
         raise BenchError(f"no published numbers found in {folder} (expected *.csv files)")
-    ref = pd.concat(frames, ignore_index=True).fillna("")
+    ref = pd.concat(frames, ignore_index=True)
+    if "selection" not in ref.columns:  # files written before the column existed: as the suite
+        ref["selection"] = ""
+    ref = ref.fillna("")
     ref["value"] = ref["value"].astype(float)
     ref["shots"] = ref["shots"].astype(int)
-    for c in ("variant", "seed"):
+    for c in ("variant", "seed", "selection"):
         ref[c] = ref[c].astype(str)
+    bad = sorted(set(ref["selection"]) - set(SELECTIONS))
+    if bad:
+        raise BenchError(f"published numbers in {folder}: unknown selection value(s) {', '.join(map(repr, bad))}; "
+                         f"known: {', '.join(map(repr, SELECTIONS))}")
     return ref
 
 
@@ -67,7 +86,7 @@ def add_paper_rows(t: Table, ref, protocol: str, arch: str, weights: str) -> Non
     matched = weights == "openai" and bb in set(r["backbone"])
     shown_bb = bb if matched else _DEFAULT_PAPER_BACKBONE[protocol]
     r = r[r["backbone"] == shown_bb]
-    statuses = set()
+    statuses, selections = set(), set()
     new_rows = []
     for row in t.rows:
         new_rows.append(row)
@@ -87,13 +106,17 @@ def add_paper_rows(t: Table, ref, protocol: str, arch: str, weights: str) -> Non
                 hit = rm[rm["eval"] == key]
                 if protocol == "fewshot":
                     hit = hit[hit["shots"] == shots]
+            if key == "average" and protocol == "fewshot" and not _eleven_datasets(t):
+                hit = hit.iloc[:0]  # the published averages are over the 11 datasets; this table's is not
             if hit.empty:
                 paper_cells.append(Cell("empty"))
                 diff_cells.append(Cell("empty"))
                 continue
             rec = hit.iloc[0]
             statuses.add(rec["status"])
-            paper_cells.append(Cell("paper", mean=float(rec["value"]), status=rec["status"]))
+            selections.add(rec["selection"])
+            paper_cells.append(Cell("paper", mean=float(rec["value"]), status=rec["status"],
+                                    selection=rec["selection"]))
             ours = row.cells[j]
             diff_cells.append(Cell("diff", mean=ours.mean - float(rec["value"]))
                               if (matched and ours.kind == "value") else Cell("empty"))
@@ -125,6 +148,17 @@ def add_paper_rows(t: Table, ref, protocol: str, arch: str, weights: str) -> Non
     for s in sorted(statuses):
         if s in STATUS_NOTES:
             t.notes.append(STATUS_NOTES[s])
+    for s in SELECTION_NOTES:
+        if s in selections:
+            t.notes.append(SELECTION_NOTES[s])
     t.notes.append(f"published numbers: {reference_dir()} (see its README.md for sources)")
 
 
+# the published few-shot averages ("Average over 11 datasets") are over these; compared only with the same average
+ELEVEN_DATASETS = frozenset({"imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101",
+                             "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101"})
+
+
+def _eleven_datasets(t: Table) -> bool:
+    """Whether a few-shot table's dataset columns are exactly the 11 datasets of the published averages."""
+    return {k for k in t.column_keys if k != "average"} == ELEVEN_DATASETS

@@ -28,7 +28,8 @@ def render_md(t: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
-EXPORT_FIELDS = ["mean", "std", "n_seeds", "expected_seeds", "best", "incomplete", "kind", "status", "detail"]
+EXPORT_FIELDS = ["mean", "std", "n_seeds", "expected_seeds", "best", "incomplete", "kind", "status", "selection",
+                 "detail"]
 
 
 def table_records(t: Table) -> list[dict]:
@@ -50,7 +51,7 @@ def table_records(t: Table) -> list[dict]:
                 "expected_seeds": int(c.expected) if c.kind in ("value", "partial") and c.n else None,
                 "best": bool(c.best),
                 "incomplete": c.kind in ("partial", "missing", "incomplete"),
-                "kind": c.kind, "status": c.status, "detail": c.detail,
+                "kind": c.kind, "status": c.status, "selection": c.selection, "detail": c.detail,
             })
     return out
 
