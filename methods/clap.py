@@ -85,7 +85,7 @@ class Prototypes(nn.Module):
 class CLAP(Method):
     description = "CLAP: zero-shot-initialised prototypes, class-wise L2 penalty to them, 20 views, SGD 0.1 x 300"
     display_name = "CLAP"
-    color = "#B15928"
+    color = "#7570B3"
     marker = "P"
     linestyle = "-"
     order = 150

@@ -118,7 +118,7 @@ class LPPPModel(nn.Module):
 class LPPP(Method):
     description = "LP++: linear probe + text classifier with per-class multipliers, closed-form step sizes"
     display_name = "LP++"
-    color = "#6A3D9A"
+    color = "#E31A1C"
     marker = "d"
     linestyle = "-"
     order = 140

@@ -11,7 +11,7 @@ from .clap import CLAP
 class ZSLP(CLAP):
     description = "ZS-LP: zero-shot-initialised prototypes trained with CE only (CLAP without its penalty)"
     display_name = "ZS-LP"
-    color = "#D9A441"
+    color = "#CAB2D6"
     marker = "X"
     linestyle = ":"
     order = 151
