@@ -9,8 +9,11 @@ may change (the older paths ``bench.method``, ``bench.registry``, ``bench.train`
   :func:`register_method`, :class:`Param` (a hyperparameter's declaration), :class:`Unsupported`, :class:`BenchError`;
 * what the harness hands a method: :class:`Context`, :class:`TrainData` (cached features), and for
   ``trains_on = "images"`` :class:`ImageTrainData` of :class:`ImageBatch` batches;
-* the training loop: :func:`fit` over a batch source (:class:`FeatureBatches` of cached views, :class:`ImageBatches`
-  of the image stream) with an optimiser factory (default :func:`sgd`) and a schedule (default :func:`warmup_cosine`);
+* the training loop: :func:`fit` over a batch source (:class:`FeatureBatches` of cached views, random batches with or
+  without a partial last one; :class:`FullBatch`, one full-batch step per epoch; :class:`PooledBatches`, a reshuffled
+  bank of samples such as every view of every image; :class:`ImageBatches` of the image stream) with an optimiser
+  factory (default :func:`sgd`; any ``torch.optim`` optimiser) and a schedule (default :func:`warmup_cosine`),
+  and a method-defined gradient step (``step_fn``);
   :func:`fit_epochs` (cached features) and :func:`fit_image_epochs` (image batches) are the reference recipe over it;
   ``fit(..., iterations=N)`` with :func:`cosine_iterations` trains for N steps with a per-iteration cosine;
 * weight adapters: :class:`LoRA` (low-rank deltas on the attention of either tower, active inside ``applied()``);
@@ -20,7 +23,8 @@ may change (the older paths ``bench.method``, ``bench.registry``, ``bench.train`
 """
 
 from bench.engine.imagestream import ImageBatch, ImageBatches, ImageTrainData, fit_image_epochs
-from bench.engine.loop import FeatureBatches, cosine_iterations, fit, fit_epochs, sgd, warmup_cosine
+from bench.engine.loop import (FeatureBatches, FullBatch, PooledBatches, cosine_iterations, fit, fit_epochs, sgd,
+                               warmup_cosine)
 from bench.errors import BenchError
 from bench.method import (Context, Method, Param, TrainData, Unsupported, cosine_logits, handcrafted_text_features,
                           prompt_name)
@@ -32,12 +36,14 @@ __all__ = [
     "BenchError",
     "Context",
     "FeatureBatches",
+    "FullBatch",
     "ImageBatch",
     "ImageBatches",
     "ImageTrainData",
     "LoRA",
     "Method",
     "Param",
+    "PooledBatches",
     "TrainData",
     "Unsupported",
     "check_vit",

@@ -46,8 +46,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench.api import Method, Param, TrainData, fit, prompt_name, register_method, warmup_cosine
-from ._lpclap import IMAGENET_TEMPLATES_SELECT, PooledBatches, class_rows
+from bench.api import Method, Param, PooledBatches, TrainData, fit, prompt_name, register_method, warmup_cosine
+from ._lpclap import IMAGENET_TEMPLATES_SELECT, class_rows
 
 IMAGENET_EXTRA = "a photo of a {}."
 CHUNK = 8192

@@ -31,7 +31,6 @@ Deliberate differences from the reference (docs/protocol.md, "Tip-Adapter-F"):
   classes (their value columns are zero).
 """
 
-import math
 
 import torch
 import torch.nn as nn
@@ -39,23 +38,6 @@ import torch.nn.functional as F
 
 from bench.api import FeatureBatches, Param, cosine_iterations, fit, register_method
 from ._tip import LOGIT_SCALE, TipBase, cache_logits, dataset_epochs, tip_defaults
-
-
-class AllBatches(FeatureBatches):
-    """:class:`FeatureBatches` without dropping the last partial batch (TA's loader: ``drop_last=False``):
-    ceil(N / batch) batches per epoch over one seeded permutation of the training set."""
-
-    def __len__(self) -> int:
-        return max(1, math.ceil(len(self.labels) / self.batch_size))
-
-    def epoch(self, e, start, saver):
-        bs, self.batch_size = self.batch_size, max(1, len(self.labels))
-        try:  # the parent's epoch with one batch of everything: the view and one seeded permutation
-            ((feats, labels), n), = list(super().epoch(e, 0, saver))
-        finally:
-            self.batch_size = bs
-        chunks = [(feats[i:i + bs], labels[i:i + bs]) for i in range(0, n, bs)]
-        return (((x, y), len(y)) for x, y in chunks[start:])
 
 
 class CacheAdapter(nn.Module):
@@ -142,7 +124,7 @@ class TipAdapterF(TipBase):
                 adapter.best_epoch.fill_(epoch)
                 adapter.best_weight.copy_(adapter.weight.detach())
 
-        data = AllBatches(train, bs, self.ctx.seed, dev)
+        data = FeatureBatches(train, bs, self.ctx.seed, dev, drop_last=False)  # TA: drop_last=False
         adamw = lambda params: torch.optim.AdamW(params, lr=lr, eps=float(hp["eps"]),  # noqa: E731
                                                  weight_decay=float(hp["weight_decay"]))
         train_stats = fit(adapter, lambda x, y: self.loss(x, y, weights), data, self.ctx, epochs=epochs,

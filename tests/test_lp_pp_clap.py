@@ -307,7 +307,7 @@ def test_clap_lambda_is_the_zero_shot_true_class_probability(bb, clap_task):
 
 
 def test_pooled_batches_epoch_size_and_seeding():
-    from bench.methods._lpclap import PooledBatches
+    from bench.api import PooledBatches
 
     feats = torch.arange(2000, dtype=torch.float32)[:, None]
     labels = torch.arange(2000)

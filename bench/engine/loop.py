@@ -51,12 +51,14 @@ def lr_at_epoch(epoch: int, max_epoch: int, lr: float, warmup_epochs: int = 1, w
     return lr * (1 + math.cos(math.pi * k / max_epoch)) / 2
 
 
-def batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """Random batches of indices; partial batches are dropped unless the whole set is smaller than one batch."""
+def batches(n: int, batch_size: int, generator: torch.Generator, drop_last: bool = True) -> list[torch.Tensor]:
+    """Random batches of indices (one permutation drawn from ``generator``); a partial last batch is dropped
+    (``drop_last``, the reference's rule) unless the whole set is smaller than one batch, or kept."""
     order = torch.randperm(n, generator=generator)
     if n < batch_size:
         return [order]
-    return [order[i : i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
+    stop = n - batch_size + 1 if drop_last else n
+    return [order[i : i + batch_size] for i in range(0, stop, batch_size)]
 
 
 class StopRequest:
@@ -233,19 +235,23 @@ class Batches(Protocol):
 
 class FeatureBatches:
     """Cached features: epoch ``e`` -> view ``e % n_views`` in random batches of indices (:func:`batches`) drawn from
-    a generator seeded with the run seed; yields ``((features, labels), n)``."""
+    a generator seeded with the run seed; yields ``((features, labels), n)``. ``drop_last=False`` keeps a partial
+    last batch (a loader with PyTorch's default, e.g. Tip-Adapter-F's); ``batch_size >= N`` gives full-batch steps."""
 
     desc = None
 
-    def __init__(self, train: TrainData, batch_size: int, seed: int | None, device):
+    def __init__(self, train: TrainData, batch_size: int, seed: int | None, device, drop_last: bool = True):
         self.train, self.batch_size, self.device = train, int(batch_size), torch.device(device)
+        self.drop_last = bool(drop_last)
         self.gen = torch.Generator().manual_seed(int(seed or 0))
         self.labels = train.labels.to(self.device)
         self.epoch_start = self.gen.get_state()
 
     def __len__(self) -> int:
         n = len(self.labels)
-        return n // self.batch_size if n >= self.batch_size else 1
+        if n < self.batch_size:
+            return 1
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def epoch(self, e: int, start: int, saver: Callable[[], object]):
         if start:
@@ -254,8 +260,63 @@ class FeatureBatches:
             with STOP.consistent(saver):
                 feats = self.train.view(e % self.train.n_views).to(self.device)
         self.epoch_start = self.gen.get_state()
-        order = batches(len(self.labels), self.batch_size, self.gen)
+        order = batches(len(self.labels), self.batch_size, self.gen, self.drop_last)
         return (((feats[idx], self.labels[idx]), len(idx)) for idx in (i.to(self.device) for i in order[start:]))
+
+    def state(self, boundary: bool) -> dict:
+        return {"generator": self.gen.get_state() if boundary else self.epoch_start}
+
+    def load_state(self, state: dict) -> None:
+        self.gen.set_state(state["generator"])
+
+
+class FullBatch:
+    """One step per epoch on the whole set in its given order, no RNG (full-batch gradient descent, e.g. LP++'s):
+    yields ``((features, labels), N)`` of the tensors given."""
+
+    desc = None
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor):
+        self.features, self.labels = features, labels
+
+    def __len__(self) -> int:
+        return 1
+
+    def epoch(self, e: int, start: int, saver: Callable[[], object]):
+        return iter([((self.features, self.labels), len(self.labels))][start:])
+
+    def state(self, boundary: bool) -> dict:
+        return {}
+
+    def load_state(self, state: dict) -> None:
+        pass
+
+
+class PooledBatches:
+    """One bank of samples (e.g. every augmented view of every image as its own sample, CLAP's): each epoch the
+    bank is reshuffled by a generator seeded with the run seed and ``steps`` consecutive slices of ``batch_size``
+    are taken; ``steps`` = ``n_images // batch_size`` when ``n_images >= batch_size``, else 1 (an epoch as a loader
+    over the images counts it, however many samples the bank holds). Yields ``((features, labels), n)``."""
+
+    desc = None
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor, n_images: int, batch_size: int,
+                 seed: int | None):
+        self.features, self.labels = features, labels
+        self.batch_size = int(batch_size)
+        self.steps = int(n_images) // self.batch_size if int(n_images) >= self.batch_size else 1
+        self.gen = torch.Generator().manual_seed(int(seed or 0))
+        self.epoch_start = self.gen.get_state()
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def epoch(self, e: int, start: int, saver: Callable[[], object]):
+        self.epoch_start = self.gen.get_state()
+        order = torch.randperm(len(self.labels), generator=self.gen).to(self.labels.device)
+        b = self.batch_size
+        slices = [order[i * b:(i + 1) * b] for i in range(self.steps)]
+        return (((self.features[idx], self.labels[idx]), len(idx)) for idx in slices[start:])
 
     def state(self, boundary: bool) -> dict:
         return {"generator": self.gen.get_state() if boundary else self.epoch_start}
