@@ -18,8 +18,8 @@ to drop the file into CoOp's ``trainers/`` and "follow CoOp's command". So the s
 decay 5e-4), lr 0.002, batch 32, 1 warm-up epoch at a constant 1e-5 then cosine per epoch; few-shot epochs
 50/100/100/200/200 for 1/2/4/8/16 shots (50 on ImageNet, CoOp's ``rn50_ep50`` for ImageNet); base-to-new, domain
 shift and cross-dataset: 200 epochs (50 on ImageNet) as CoOp's other protocols. The last epoch is the final model;
-no validation, no search (the reference ships none: ADAPTERS.md "Test-set use"). The paper's own training values
-could not be retrieved offline; ``--set lr=... epochs=...`` changes them.
+no validation, no search (the reference ships none). The paper's own training values are not in the repository;
+``--set lr=... epochs=...`` changes them.
 
 Every protocol is served: the adapter acts on the image feature only, so any list of class names is scored with
 the evaluated dataset's template (new classes, ImageNet-A/R's 200, other datasets).
@@ -29,7 +29,8 @@ Deliberate differences from the reference:
 - Trained on the suite's cached augmented views (random resized crop (0.08, 1) + flip, CoOp's augmentation),
   epoch e seeing view e % n_views, instead of a fresh augmentation at every step; precision is the suite's policy.
 - The recipe above is the suite's choice (CoOp's), not the authors' (none shipped). CLAP's reimplementation trains
-  it with SGD lr 0.1 for 300 epochs on 20 views; LP++'s differs again (ADAPTERS.md §2): neither is used.
+  it with SGD lr 0.1 for 300 epochs on 20 views; LP++'s (``methods/clip_adapter.py`` of its repository) saves no
+  checkpoint before loading one: neither is used.
 """
 
 from __future__ import annotations

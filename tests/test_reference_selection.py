@@ -83,7 +83,7 @@ def test_tip_adapter_exp_log_numbers():
     assert one("tip_adapter_f", "fgvc_aircraft", 1)["value"] == 20.22
     assert one("clip_adapter", "stanford_cars", 4)["value"] == 62.45
     assert one("zeroshot", "eurosat", 0)["value"] == 37.52
-    # ADAPTERS.md "Test-set use": Tip-F always test; Tip on ImageNet test, elsewhere the full validation split
+    # the references' own selection: Tip-F always test; Tip on ImageNet test, elsewhere the full validation split
     assert (per[per["method"] == "tip_adapter_f"]["selection"] == "test").all()
     t = per[per["method"] == "tip_adapter"]
     assert (t[t["eval"] == "imagenet"]["selection"] == "test").all()
