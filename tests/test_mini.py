@@ -438,3 +438,57 @@ def test_base2new_image_side_methods_learn_the_base_textures_and_lose_the_new_on
         assert all(b > zb for b in base.values()), (seed, zb, base)
         assert all(n < zn for n in new.values()), (seed, zn, new)
         assert np.mean(list(base.values())) > zb + 5 and np.mean(list(new.values())) < zn - 5, (seed, base, new)
+
+
+ADAPTERS = ("linear_probe", "tip_adapter", "tip_adapter_f", "lp_pp", "zs_lp", "clap", "taskres")
+
+
+@pytest.fixture(scope="module")
+def adapter_grid(mini_ckpt, data_root, tmp_path_factory):
+    """The probes and adapters on cached features, few-shot, shots 1, 4, 16, the demo's seed, through the CLI:
+    {(method, shots): {dataset: top1}} (zero-shot under shots 0)."""
+    from bench.cli import main
+    from bench.store import Store
+
+    res = tmp_path_factory.mktemp("mini_adapters")
+    _copy_demo_results(Store(res))
+    assert main(["run", "--protocol", "fewshot", "--method", ",".join(("zeroshot", *ADAPTERS)), "--shots", "1,4,16",
+                 "--preset", "mini", "--data-root", str(data_root), "--results", str(res),
+                 "--seeds", ",".join(map(str, SEEDS))]) == 0
+    assert main(["run", "--protocol", "fewshot", "--method", "coop,prograd", "--shots", "1", "--preset", "mini",
+                 "--data-root", str(data_root), "--results", str(res), "--seeds", ",".join(map(str, SEEDS))]) == 0
+    out: dict = {}
+    for r in Store(res).all_results():
+        c = r["config"]
+        if c["protocol"] != "fewshot":
+            continue
+        for ev, m in r["metrics"].items():
+            out.setdefault((c["method"], c["train"]["shots"] or 0), {})[ev] = m["top1"]
+    return out
+
+
+def _avg(cells: dict) -> float:
+    assert len(cells) == 3, cells
+    return float(np.mean(list(cells.values())))
+
+
+def test_adapters_the_papers_effects_on_the_miniature_world(adapter_grid):
+    """Measured on seeds 1-3 (README, "The adapter lineage on the miniature world"); asserted on the demo's seed:
+    Tip-Adapter at or above zero-shot on average at every shot count (the search may keep the zero-shot logits)
+    and Tip-Adapter-F at or above Tip-Adapter at 16 shots (Tip-Adapter paper, Figs. 4-5); LP++ far above the plain
+    linear probe at 1 shot (LP++ paper); CLAP at or above ZS-LP at every shot count (CLAP paper); TaskRes above
+    zero-shot at every shot count (TaskRes paper); ProGrad above CoOp at 1 shot (ProGrad paper)."""
+    g = adapter_grid
+    zs = _avg(g[("zeroshot", 0)])
+    for k in (1, 4, 16):
+        assert _avg(g[("tip_adapter", k)]) >= zs - 1e-9, (k, g[("tip_adapter", k)], zs)
+        assert _avg(g[("clap", k)]) >= _avg(g[("zs_lp", k)]), (k, g[("clap", k)], g[("zs_lp", k)])
+        assert _avg(g[("taskres", k)]) > zs, (k, g[("taskres", k)], zs)
+    assert _avg(g[("tip_adapter_f", 16)]) >= _avg(g[("tip_adapter", 16)]), (g[("tip_adapter_f", 16)],
+                                                                            g[("tip_adapter", 16)])
+    assert _avg(g[("lp_pp", 1)]) > _avg(g[("linear_probe", 1)]) + 5, (g[("lp_pp", 1)], g[("linear_probe", 1)])
+    # ProGrad's projection keeps CoOp's context near zero-shot CLIP where one shot misleads it (ProGrad paper)
+    assert _avg(g[("prograd", 1)]) > _avg(g[("coop", 1)]), (g[("prograd", 1)], g[("coop", 1)])
+    # more shots, more accuracy, for every method that learns from them
+    for m in ADAPTERS:
+        assert _avg(g[(m, 16)]) > _avg(g[(m, 1)]), (m, g[(m, 1)], g[(m, 16)])

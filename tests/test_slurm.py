@@ -174,11 +174,19 @@ def test_file_checkpointer_is_atomic(tmp_path):
     ck.clear()
 
 
-def test_task_resumes_from_checkpoint_in_process(world, tmp_path, monkeypatch, capsys):
+# one method per batch source / step of the loop: FeatureBatches (CoOp), FullBatch + per-epoch selection in buffers
+# (LP++), PooledBatches (CLAP), a partial last batch + best-epoch keys (Tip-Adapter-F), a method-defined gradient step
+# (ProGrad), Adam (TaskRes)
+RESUMABLE = {"coop": ["--set", "n_ctx=4"], "lp_pp": [], "clap": [], "tip_adapter_f": [], "prograd": ["--set", "n_ctx=4"],
+             "taskres": []}
+
+
+@pytest.mark.parametrize("method", list(RESUMABLE))
+def test_task_resumes_from_checkpoint_in_process(world, tmp_path, monkeypatch, capsys, method):
     """RunTask without SLURM: interrupted after its second checkpoint (as a preemption's exit would), rerun, the
     run resumes from the file checkpoint and ends with the uninterrupted numbers; the checkpoint is removed."""
-    flags = ["--method", "coop", "--datasets", "caltech101", "--shots", "2", "--seeds", "1", "--set", "epochs=8",
-             "--set", "n_ctx=4", "--views", "2"]
+    flags = ["--method", method, "--datasets", "caltech101", "--shots", "2", "--seeds", "1", "--set", "epochs=8",
+             *RESUMABLE[method], "--views", "2"]
     assert cli(capsys, "run", *base(world, tmp_path / "ref"), *flags)[0] == 0
     (config,) = grid_of(world, tmp_path / "s", *flags)
     store = Store(tmp_path / "s")
