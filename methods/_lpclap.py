@@ -1,4 +1,4 @@
-"""Shared helpers of ``lp_pp``, ``clap`` and ``zs_lp``: ImageNet's template set and class-row matching by name."""
+"""Shared helper of ``lp_pp``, ``clap`` and ``zs_lp``: class-row matching by name."""
 
 from __future__ import annotations
 
@@ -6,17 +6,6 @@ import torch
 
 from bench.api import Unsupported
 
-# The 7 templates of CoOp's / Tip-Adapter's IMAGENET_TEMPLATES_SELECT (LP ``datasets/imagenet.py:178-184``,
-# CL ``datasets/imagenet_templates.py``).
-IMAGENET_TEMPLATES_SELECT = (
-    "itap of a {}.",
-    "a bad photo of the {}.",
-    "a origami {}.",
-    "a photo of the large {}.",
-    "a {} in a video game.",
-    "art of the {}.",
-    "a photo of the small {}.",
-)
 
 
 def class_rows(known: list[str], names: list[str], what: str) -> torch.Tensor:

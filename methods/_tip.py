@@ -21,17 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.api import Method, Param, handcrafted_text_features
-
-# TA datasets/imagenet.py:177-183 (verbatim, with their full stops)
-IMAGENET_TEMPLATES = [
-    "itap of a {}.",
-    "a bad photo of the {}.",
-    "a origami {}.",
-    "a photo of the large {}.",
-    "a {} in a video game.",
-    "art of the {}.",
-    "a photo of the small {}.",
-]
+from ._templates import IMAGENET_TEMPLATES_SELECT as IMAGENET_TEMPLATES  # TA datasets/imagenet.py:177-183
 
 LOGIT_SCALE = 100.0  # TA main.py:32,53,93 (hard-coded)
 CHUNK_ELEMENTS = 1 << 24  # test rows per chunk in logits: about this many affinities (float64: 128 MiB)

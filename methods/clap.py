@@ -47,7 +47,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bench.api import Method, Param, PooledBatches, TrainData, fit, prompt_name, register_method, warmup_cosine
-from ._lpclap import IMAGENET_TEMPLATES_SELECT, class_rows
+from ._lpclap import class_rows
+from ._templates import IMAGENET_TEMPLATES_SELECT
 
 IMAGENET_EXTRA = "a photo of a {}."
 CHUNK = 8192

@@ -51,7 +51,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bench.api import FullBatch, Method, Param, TrainData, fit, handcrafted_text_features, register_method
-from ._lpclap import IMAGENET_TEMPLATES_SELECT, class_rows
+from ._lpclap import class_rows
+from ._templates import IMAGENET_TEMPLATES_SELECT
 
 CROP_SCALE = (0.5, 1.0)
 ALPHA_INIT_SCALE = 250.0

@@ -64,17 +64,8 @@ import torch.nn.functional as F
 
 from bench.api import (FeatureBatches, Method, Param, cosine_logits, fit, prompt_name, register_method,
                        warmup_cosine)
+from ._templates import IMAGENET_TEMPLATES_SELECT  # TaskRes trainers/imagenet_templates.py:86-94
 
-# TaskRes ``trainers/imagenet_templates.py:86-94`` (the same 7 templates as Tip-Adapter / CoOp's ZeroshotCLIP2)
-IMAGENET_TEMPLATES_SELECT = (
-    "itap of a {}.",
-    "a bad photo of the {}.",
-    "a origami {}.",
-    "a photo of the large {}.",
-    "a {} in a video game.",
-    "art of the {}.",
-    "a photo of the small {}.",
-)
 ADAM_BETAS = (0.9, 0.999)  # Dassl OPTIM.ADAM_BETA1 / ADAM_BETA2 defaults
 
 
