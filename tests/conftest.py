@@ -31,3 +31,26 @@ def tiny_ckpt(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
     torch.save(open_clip.create_model("tiny-test").state_dict(), path)
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread (two OpenMP threads on a busy 2-core box are ~100x slower); restores the
+    count when the module ends. Not autouse: the method test modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")`` (others, e.g. test_report, set their own count)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def bb():
+    """The tiny random backbone, initialised under seed 0 without touching the global RNG stream (helpers in
+    tests/methodkit.py). test_features.py and test_lora.py define their own ``bb`` (a saved checkpoint; random
+    biases), which take precedence in those modules."""
+    from bench.model.backbone import create_backbone
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return create_backbone("tiny-test", None)

@@ -7,7 +7,6 @@ jusiro/CLAP), on tiny-model image features; then a cheap learning test on separa
 end-to-end pass per protocol through ``bench.engine.runner.execute`` on synthetic dataset trees.
 """
 
-import copy
 import math
 
 import numpy as np
@@ -17,44 +16,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bench.errors import BenchError
-from bench.method import Checkpointer, Context, TrainData, Unsupported
+from bench.method import Unsupported
 from bench.registry import get_method
+import methodkit as mk
+from methodkit import MemoryCheckpointer, Stop, train_data
 
 NAMES = ["dog", "golden_retriever", "x-ray machine"]
 TOL = 1e-5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # bb and one_thread: tests/conftest.py
 
 
-@pytest.fixture(scope="module")
-def bb():
-    from bench.model.backbone import create_backbone
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        return create_backbone("tiny-test", None)
-
-
-def make(bb, method, names, protocol="fewshot", shots=4, seed=1, dataset="synthetic",
-         template="a photo of a {}.", **overrides):
-    cls = get_method(method)
-    hp = cls.default_hparams(protocol, dataset, shots)
-    hp.update(overrides)
-    ctx = Context(backbone=bb, classnames=list(names), template=template, dataset=dataset, hparams=hp, seed=seed,
-                  protocol=protocol, log=lambda m: None)
-    return cls(ctx)
-
-
-def train_data(x, y, xv=None, yv=None, views=None):
-    views = views or [x]
-    return TrainData(labels=y, view=lambda v: views[v % len(views)], n_views=len(views), eval_features=x,
-                     val_features=xv, val_labels=yv)
+def make(bb, method, names, shots=4, **kw):
+    """The hparams of 4 shots by default."""
+    return mk.make(bb, method, names, shots=shots, **kw)
 
 
 def image_features(bb, n, seed):
@@ -364,25 +340,6 @@ def test_clap_declarations_and_names(bb, clap_task):
 
 # ------------------------------------------------------------------------------------------ resume
 
-class _Stop(Exception):
-    pass
-
-
-class _MemoryCheckpointer(Checkpointer):
-    """Keeps the last state in memory; ``stop_at`` simulates a preemption right after that epoch's save."""
-
-    def __init__(self, stop_at=None):
-        self.state, self.stop_at = None, stop_at
-
-    def load(self):
-        return self.state
-
-    def save(self, state):
-        self.state = copy.deepcopy(state)
-        if self.stop_at is not None and state["epoch"] == self.stop_at:
-            raise _Stop
-
-
 @pytest.mark.parametrize("method,hp", [("lp_pp", dict(epochs=23)),  # stops at 12: α-gradient sum and best state
                                        ("clap", dict(epochs=5, batch_size=4, views=3)),  # 3 steps per epoch
                                        ("zs_lp", dict(epochs=5, batch_size=4, views=3))])
@@ -393,10 +350,10 @@ def test_preempted_training_resumes_to_the_same_model(bb, lpp_task, clap_task, m
     full = make(bb, method, NAMES, **hp)
     stats = full.fit(data())
     stop = 12 if method == "lp_pp" else 2
-    ck = _MemoryCheckpointer(stop_at=stop)
+    ck = MemoryCheckpointer(stop_at=stop)
     first = make(bb, method, NAMES, **hp)
     first.ctx.checkpointer, first.ctx.checkpoint_every = ck, 1
-    with pytest.raises(_Stop):
+    with pytest.raises(Stop):
         first.fit(data())
     ck.stop_at = None
     torch.manual_seed(123)

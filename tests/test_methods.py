@@ -6,53 +6,21 @@ synthetic features (class means are text features of a hidden context, so prompt
 end-to-end pass per protocol through ``bench.engine.runner.execute`` on synthetic dataset trees.
 """
 
-import copy
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.method import Checkpointer, Context, TrainData, Unsupported
+from bench.method import Unsupported
 from bench.registry import get_method
 from bench.methods._prompts import PromptLearner, splice
+from methodkit import MemoryCheckpointer, Stop, make, train_data
 
 NAMES = ["dog", "golden_retriever", "x-ray machine"]  # multi-token names; "x" is also the placeholder's token
 TRAINED = ["coop", "coop_csc", "cocoop", "kgcoop"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (two OpenMP threads on a busy 2-core box are ~100x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def bb():
-    from bench.model.backbone import create_backbone
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        return create_backbone("tiny-test", None)
-
-
-def make(bb, method, names, protocol="fewshot", shots=16, seed=1, **overrides):
-    cls = get_method(method)
-    hp = cls.default_hparams(protocol, "synthetic", shots)
-    hp.update(overrides)
-    ctx = Context(backbone=bb, classnames=list(names), template="a photo of a {}.",
-                  dataset="synthetic", hparams=hp, seed=seed, protocol=protocol,
-                  log=lambda m: None)
-    return cls(ctx)
-
-
-def train_data(x, y, xv=None, yv=None, views=None):
-    views = views or [x]
-    return TrainData(labels=y, view=lambda v: views[v % len(views)], n_views=len(views), eval_features=x,
-                     val_features=xv, val_labels=yv)
+pytestmark = pytest.mark.usefixtures("one_thread")  # bb and one_thread: tests/conftest.py
 
 
 # ------------------------------------------------------------------------------------------ prompt assembly
@@ -376,28 +344,6 @@ def test_same_seed_same_logits(bb, method):
         assert not torch.equal(other.logits(xt, ["a", "b", "c"]), out[0])
 
 
-class _Stop(Exception):
-    pass
-
-
-class _MemoryCheckpointer(Checkpointer):
-    """Keeps the last state in memory; ``stop_at`` simulates a preemption right after that save."""
-
-    def __init__(self, stop_at=None):
-        self.state, self.stop_at = None, stop_at
-
-    def load(self):
-        return self.state
-
-    def save(self, state):
-        self.state = copy.deepcopy(state)
-        if self.stop_at is not None and state["epoch"] == self.stop_at:
-            raise _Stop
-
-    def clear(self):
-        self.state = None
-
-
 @pytest.mark.parametrize("method", ["coop", "cocoop"])
 def test_preempted_training_resumes_to_the_same_model(bb, method):
     g = torch.Generator().manual_seed(1)
@@ -407,10 +353,10 @@ def test_preempted_training_resumes_to_the_same_model(bb, method):
     hp = dict(epochs=4, batch_size=4, lr=0.01)
     full = make(bb, method, ["a", "b", "c"], **hp)
     stats = full.fit(train_data(x, y, views=views))
-    ck = _MemoryCheckpointer(stop_at=2)
+    ck = MemoryCheckpointer(stop_at=2)
     first = make(bb, method, ["a", "b", "c"], **hp)
     first.ctx.checkpointer, first.ctx.checkpoint_every = ck, 1
-    with pytest.raises(_Stop):
+    with pytest.raises(Stop):
         first.fit(train_data(x, y, views=views))
     ck.stop_at = None
     torch.manual_seed(123)  # a new process: another global stream, a freshly initialised model

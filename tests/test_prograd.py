@@ -15,42 +15,21 @@ import torch.nn.functional as F
 
 from bench.engine.loop import gradient_step
 from bench.errors import BenchError
-from bench.method import Checkpointer, Context, TrainData
 from bench.registry import get_method
+import methodkit as mk
+from methodkit import MemoryCheckpointer, Stop, train_data
 
 NAMES = ["dog", "golden_retriever", "x-ray machine"]
 PETS = "a type of pet, a photo of a {}."
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def bb():
-    from bench.model.backbone import create_backbone
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        return create_backbone("tiny-test", None)
+pytestmark = pytest.mark.usefixtures("one_thread")  # bb and one_thread: tests/conftest.py
 
 
 def make(bb, names=NAMES, dataset="oxford_pets", protocol="fewshot", shots=16, seed=1, **overrides):
-    cls = get_method("prograd")
-    hp = cls.default_hparams(protocol, dataset, shots)
-    hp.update(overrides)
-    ctx = Context(backbone=bb, classnames=list(names), template="a photo of a {}.", dataset=dataset, hparams=hp,
-                  seed=seed, protocol=protocol, log=lambda m: None)
-    return cls(ctx)
-
-
-def train_data(x, y, views=None):
-    views = views or [x]
-    return TrainData(labels=y, view=lambda v: views[v % len(views)], n_views=len(views), eval_features=x)
+    """ProGrad; every keyword is an hparam override, ``template`` included (ProGrad's own template hparam: the
+    Context's template stays "a photo of a {}.")."""
+    return mk.make(bb, "prograd", names, protocol, shots, seed, dataset=dataset, hparams=overrides)
 
 
 # ------------------------------------------------------------------------ transcriptions of the reference
@@ -333,32 +312,6 @@ def test_end_to_end_through_the_runner(trees, tmp_path, tiny_backbone_spec, prot
     assert result["templates"]["n_ctx"] == 16 and result["templates"]["prograd_template"] == "a photo of a {}."
 
 
-class _Stop(Exception):
-    pass
-
-
-class _MemoryCheckpointer(Checkpointer):
-    """Keeps the last state in memory; ``stop_at`` simulates a preemption right after that epoch's save."""
-
-    every_steps, every_s, quiet = 0, 0.0, True
-
-    def __init__(self, stop_at=None):
-        self.state, self.stop_at = None, stop_at
-
-    def load(self):
-        return self.state
-
-    def save(self, state):
-        import copy
-
-        self.state = copy.deepcopy(state)
-        if self.stop_at is not None and state["epoch"] == self.stop_at:
-            raise _Stop
-
-    def clear(self):
-        self.state = None
-
-
 def test_preempted_training_resumes_to_the_same_context(bb):
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(8, bb.embed_dim, generator=g), torch.arange(8) % 3
@@ -366,10 +319,10 @@ def test_preempted_training_resumes_to_the_same_context(bb):
     hp = dict(epochs=4, batch_size=4, lr=0.01)
     full = make(bb, **hp)
     stats = full.fit(train_data(x, y, views=views))
-    ck = _MemoryCheckpointer(stop_at=2)
+    ck = MemoryCheckpointer(stop_at=2, quiet=True)
     first = make(bb, **hp)
     first.ctx.checkpointer, first.ctx.checkpoint_every = ck, 1
-    with pytest.raises(_Stop):
+    with pytest.raises(Stop):
         first.fit(train_data(x, y, views=views))
     ck.stop_at = None
     second = make(bb, **hp)

@@ -7,50 +7,20 @@ reference formulas written here (open_clip's own ``encode_text``, hand-written A
 end-to-end pass through ``bench.engine.runner.execute`` per protocol on a synthetic dataset tree.
 """
 
-import copy
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.method import Checkpointer, Context, TrainData
 from bench.registry import get_method
+from methodkit import MemoryCheckpointer, Stop, make, train_data
 
 NAMES = ["dog", "golden_retriever", "x-ray machine", "cat"]
 TOL = 1e-5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def bb():
-    from bench.model.backbone import create_backbone
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        return create_backbone("tiny-test", None)
-
-
-def make(bb, method, names, dataset="synthetic", template="a photo of a {}.", protocol="fewshot", shots=16, seed=1,
-         **overrides):
-    cls = get_method(method)
-    hp = cls.default_hparams(protocol, dataset, shots)
-    hp.update(overrides)
-    ctx = Context(backbone=bb, classnames=list(names), template=template, dataset=dataset, hparams=hp, seed=seed,
-                  protocol=protocol, log=lambda m: None)
-    return cls(ctx)
-
-
-def train_data(x, y, views=None):
-    views = views or [x]
-    return TrainData(labels=y, view=lambda v: views[v % len(views)], n_views=len(views), eval_features=x)
+pytestmark = pytest.mark.usefixtures("one_thread")  # bb and one_thread: tests/conftest.py
 
 
 def feats(bb, n, seed):
@@ -129,7 +99,7 @@ def test_taskres_forward_loss_and_adam_steps_match_reference(bb):
     # training from zeros: hand-written Adam (coupled L2 decay) over the Dassl schedule (cosine per epoch)
     with torch.no_grad():
         m.model.residual.zero_()
-    stats = m.fit(train_data(views[0], y, views))
+    stats = m.fit(train_data(views[0], y, views=views))
     x = torch.zeros_like(T)
     mom, var = torch.zeros_like(T), torch.zeros_like(T)
     b1, b2, eps = 0.9, 0.999, 1e-8
@@ -193,7 +163,7 @@ def test_clip_adapter_forward_loss_and_sgd_steps_match_reference(bb):
     assert (m.logits(views[0], NAMES) - expect).abs().max() <= TOL
     assert abs(float(m.loss(views[0], y).detach()) - float(ref_ce(expect, y))) <= TOL
 
-    stats = m.fit(train_data(views[0], y, views))
+    stats = m.fit(train_data(views[0], y, views=views))
     bufs = [torch.zeros_like(w1), torch.zeros_like(w2)]
     for e in range(epochs):
         lr_t = lr * (1 + math.cos(math.pi * e / epochs)) / 2
@@ -263,25 +233,6 @@ def test_learns_on_separable_features(bb, task, method, overrides):
 
 # ------------------------------------------------------------------------------------------ seeds and resume
 
-class _Stop(Exception):
-    pass
-
-
-class _MemoryCheckpointer(Checkpointer):
-    """Keeps the last state in memory; ``stop_at`` simulates a preemption right after that save."""
-
-    def __init__(self, stop_at=None):
-        self.state, self.stop_at = None, stop_at
-
-    def load(self):
-        return self.state
-
-    def save(self, state):
-        self.state = copy.deepcopy(state)
-        if self.stop_at is not None and state["epoch"] == self.stop_at:
-            raise _Stop
-
-
 @pytest.mark.parametrize("method", ["taskres", "clip_adapter"])
 def test_same_seed_same_model_and_preempted_training_resumes(bb, method):
     g = torch.Generator().manual_seed(1)
@@ -295,10 +246,10 @@ def test_same_seed_same_model_and_preempted_training_resumes(bb, method):
     again = make(bb, method, ["a", "b", "c"], **hp)
     again.fit(train_data(x, y, views=views))
     assert torch.equal(again.logits(xt, ["a", "b", "c"]), full.logits(xt, ["a", "b", "c"]))
-    ck = _MemoryCheckpointer(stop_at=2)
+    ck = MemoryCheckpointer(stop_at=2)
     first = make(bb, method, ["a", "b", "c"], **hp)
     first.ctx.checkpointer, first.ctx.checkpoint_every = ck, 1
-    with pytest.raises(_Stop):
+    with pytest.raises(Stop):
         first.fit(train_data(x, y, views=views))
     ck.stop_at = None
     torch.manual_seed(123)

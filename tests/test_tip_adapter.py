@@ -8,7 +8,6 @@ per-iteration cosine over ceil(N / batch) batches per epoch; plus: the search re
 learning on separable features, class selection by name, and one end-to-end pass per protocol through the runner.
 """
 
-import copy
 import math
 
 import pytest
@@ -16,43 +15,25 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench.method import Checkpointer, Context, TrainData
 from bench.registry import get_method
+import methodkit as mk
+from methodkit import MemoryCheckpointer, Stop
 
 NAMES = ["dog", "golden_retriever", "x-ray machine"]
 TOL = 1e-5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # bb and one_thread: tests/conftest.py
 
 
-@pytest.fixture(scope="module")
-def bb():
-    from bench.model.backbone import create_backbone
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        return create_backbone("tiny-test", None)
-
-
-def make(bb, method, names=NAMES, dataset="synthetic", template="a photo of a {}.", seed=1, **overrides):
-    cls = get_method(method)
-    hp = cls.default_hparams("fewshot", dataset, 4)
-    hp.update(overrides)
-    ctx = Context(backbone=bb, classnames=list(names), template=template, dataset=dataset, hparams=hp, seed=seed,
-                  log=lambda m: None)
-    return cls(ctx)
+def make(bb, method, **kw):
+    """Tip's own defaults: NAMES, the hparams of 4 shots."""
+    return mk.make(bb, method, NAMES, shots=4, **kw)
 
 
 def train_data(y, views, eval_features=None, xv=None, yv=None):
-    return TrainData(labels=y, view=lambda v: views[v], n_views=len(views),
-                     eval_features=views[0] if eval_features is None else eval_features,
-                     val_features=xv, val_labels=yv)
+    """Eval features default to view 0; views are indexed strictly (``wrap=False``): reading one past the last fails."""
+    return mk.train_data(views[0] if eval_features is None else eval_features, y, xv, yv, views=views, wrap=False)
 
 
 def problem(bb, n_per=2, n_views=10, n_val=4, seed=0, noise=0.6, text_mix=0.0):
@@ -423,28 +404,6 @@ def test_end_to_end_through_the_runner(trees, tmp_path, tiny_backbone_spec):
     assert top1["base2new", "tip_adapter"]["caltech101:new"] == zero["caltech101:new"]["top1"]
 
 
-class _Stop(Exception):
-    pass
-
-
-class _MemoryCheckpointer(Checkpointer):
-    """Keeps the last state in memory; ``stop_at`` simulates a preemption right after that save."""
-
-    def __init__(self, stop_at=None):
-        self.state, self.stop_at = None, stop_at
-
-    def load(self):
-        return self.state
-
-    def save(self, state):
-        self.state = copy.deepcopy(state)
-        if self.stop_at is not None and (state["epoch"], state["step"]) == self.stop_at:
-            raise _Stop
-
-    def clear(self):
-        self.state = None
-
-
 @pytest.mark.parametrize("stop_at", [(2, 0), (1, 1)])  # at an epoch boundary; mid-epoch (before the partial batch)
 def test_tip_f_preempted_resumes_to_the_same_model(bb, stop_at):
     y, views, xv, yv, sample = problem(bb, n_views=3)
@@ -452,11 +411,11 @@ def test_tip_f_preempted_resumes_to_the_same_model(bb, stop_at):
     data = lambda: train_data(y, views, xv=xv, yv=yv)  # noqa: E731
     full = make(bb, "tip_adapter_f", **hp)
     stats = full.fit(data())
-    ck = _MemoryCheckpointer(stop_at=stop_at)
+    ck = MemoryCheckpointer(stop_at=stop_at)
     ck.every_steps = 1
     first = make(bb, "tip_adapter_f", **hp)
     first.ctx.checkpointer, first.ctx.checkpoint_every = ck, 1
-    with pytest.raises(_Stop):
+    with pytest.raises(Stop):
         first.fit(data())
     ck.stop_at = None
     torch.manual_seed(123)
