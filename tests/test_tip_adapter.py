@@ -144,7 +144,7 @@ def test_imagenet_uses_the_seven_template_ensemble(bb):
     m.fit(train_data(y, views))
     w = ref_text_weights(bb, IMAGENET_TEMPLATES, NAMES)
     assert (m.text_weights(NAMES).t() - w).abs().max() <= TOL
-    assert m.template_info()["templates"] == IMAGENET_TEMPLATES
+    assert m.template_info()["templates"] == list(IMAGENET_TEMPLATES)
     # every other dataset: its own single template
     m = make(bb, "tip_adapter", dataset="dtd", template="{} texture.")
     assert m.template_info()["templates"] == ["{} texture."]
