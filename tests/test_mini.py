@@ -494,3 +494,20 @@ def test_adapters_the_papers_effects_on_the_miniature_world(adapter_grid):
     assert _avg(g, "lp_pp", 1) > _avg(g, "linear_probe", 1) + 5, (_avg(g, "lp_pp", 1), _avg(g, "linear_probe", 1))
     for m in ADAPTERS:  # more shots, more accuracy, for every method that learns from them
         assert _avg(g, m, 16) > _avg(g, m, 1), (m, _avg(g, m, 1), _avg(g, m, 16))
+
+
+def test_clip_lora_learns_the_fabrics_at_four_shots(mini_ckpt, data_root, tmp_path):
+    """CLIP-LoRA's reference recipe (rank 2 on q, k, v of both towers, 500 x shots iterations) on MiniFabrics at
+    4 shots: far above zero-shot on every seed measured (79.6 / 80.0 / 80.0 vs 70.0; README, "CLIP-LoRA on the
+    miniature world"), as in the paper, where it leads every few-shot method from 4 shots on. (At 1 shot it stays
+    near or below zero-shot here: 61.1 vs 64.7 on average.) The most expensive test of the suite: 2,000 training
+    iterations through both towers, about three minutes on one core."""
+    from bench.cli import main
+    from bench.store import Store
+
+    res = tmp_path / "res"
+    assert main(["run", "--protocol", "fewshot", "--method", "zeroshot,clip_lora", "--datasets", "mini_fabrics",
+                 "--shots", "4", "--preset", "mini", "--data-root", str(data_root), "--results", str(res),
+                 "--seeds", ",".join(map(str, SEEDS))]) == 0
+    got = {r["config"]["method"]: r["metrics"]["mini_fabrics"]["top1"] for r in Store(res).all_results()}
+    assert got["clip_lora"] > got["zeroshot"] + 5, got
