@@ -154,11 +154,9 @@ def add_paper_rows(t: Table, ref, protocol: str, arch: str, weights: str) -> Non
     t.notes.append(f"published numbers: {reference_dir()} (see its README.md for sources)")
 
 
-# the published few-shot averages ("Average over 11 datasets") are over these; compared only with the same average
-ELEVEN_DATASETS = frozenset({"imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101",
-                             "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101"})
-
-
 def _eleven_datasets(t: Table) -> bool:
-    """Whether a few-shot table's dataset columns are exactly the 11 datasets of the published averages."""
-    return {k for k in t.column_keys if k != "average"} == ELEVEN_DATASETS
+    """Whether a few-shot table's dataset columns are exactly the 11 datasets of the published averages (the
+    CoOp papers' group): a published "Average over 11 datasets" is compared only with the same average."""
+    from bench.data import list_specs
+
+    return {k for k in t.column_keys if k != "average"} == {s.key for s in list_specs("coop11")}
