@@ -301,8 +301,8 @@ class Method:
     def train_epochs(cls, hparams: dict) -> int | None:
         """Epochs a run with ``hparams`` trains for, or None when the method does not train in epochs.
 
-        The grid caches one augmented view per epoch (at most ``--views``): epoch ``e`` sees view ``e % n_views``.
-        Default: ``hparams["epochs"]`` (None when absent)."""
+        By default the grid caches one augmented view per epoch (:meth:`cached_views`, at most ``--views``): epoch
+        ``e`` sees view ``e % n_views``. Default: ``hparams["epochs"]`` (None when absent)."""
         return hparams.get("epochs")
 
     @classmethod
@@ -317,7 +317,8 @@ class Method:
         """The augmentation of the cached training views. None: CoOp's reference augmentation (RandomResizedCrop,
         scale 0.08-1, bicubic, then a horizontal flip); ``{"crop_scale": (lo, hi)}``: the same with another crop
         scale range (Tip-Adapter's and LP++'s (0.5, 1)). Views are cached per augmentation, so methods declaring
-        the same one share their views."""
+        the same one share their views; a method trained on images (``trains_on = "images"``) gets its image
+        stream drawn with it."""
         return None
 
     @classmethod

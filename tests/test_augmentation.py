@@ -119,3 +119,19 @@ def test_a_bad_declared_augmentation_is_refused_before_any_work(world, bad, monk
     monkeypatch.setattr(cls, "train_augmentation", classmethod(lambda c, hp: bad))
     with pytest.raises(BenchError, match="aug_user_a: train_augmentation must return None or"):
         _config(world, "aug_user_a")
+
+
+def test_a_method_trained_on_images_gets_its_stream_drawn_with_its_augmentation(world):
+    from bench.engine.imagestream import build_image_train_data
+    from bench.engine.runner import get_backbone
+    from bench.features.keys import describe_transform
+
+    root, backbone = world
+    bb, _ = get_backbone(backbone)
+    config = _config(world, "aug_user_a", overrides={"scale_lo": 0.9})
+    data, _ = build_image_train_data(config, bb, str(root), workers=0)
+    stream = data.loader(2).loader.dataset.transform
+    assert describe_transform(stream) == describe_transform(bb.train_transform_for({"crop_scale": [0.9, 1.0]}))
+    assert describe_transform(stream) != describe_transform(bb.train_transform)
+    coop, _ = build_image_train_data(_config(world, "coop"), bb, str(root), workers=0)
+    assert coop.loader(2).loader.dataset.transform is bb.train_transform

@@ -124,7 +124,7 @@ class ImageLoader:
         self.data = data
         self.sampler = _EpochBatches(len(data.relpaths), int(batch_size), data.run_seed)
         workers = worker_count() if workers is None else workers
-        ds = _Images(data.root, data.relpaths, data.backbone.train_transform, data.run_seed)
+        ds = _Images(data.root, data.relpaths, data.backbone.train_transform_for(data.augmentation), data.run_seed)
         self.loader = SignalSafeLoader(
             ds, batch_sampler=self.sampler, num_workers=workers, collate_fn=collate,
             persistent_workers=workers > 0, pin_memory=data.backbone.device.startswith("cuda"))
@@ -170,9 +170,10 @@ class ImageTrainData:
     root: Path                      # dataset root
     relpaths: list[str]             # sample images, relative to root
     labels: torch.Tensor            # (N,) int64, 0..n_classes-1
-    backbone: object                # the frozen backbone (its train transform is the augmentation)
+    backbone: object                # the frozen backbone
     run_seed: int = 0
     workers: int | None = None      # None: worker_count()
+    augmentation: dict | None = None  # the method's declared augmentation (None: CoOp's, the backbone's)
 
     def loader(self, batch_size: int) -> ImageLoader:
         return ImageLoader(self, batch_size, self.workers)
@@ -189,7 +190,7 @@ def build_image_train_data(config: dict, backbone, data_root, workers: int | Non
     train, _, _, names = subsample_classes(sample["train"], sample["val"], [], tr["classes"])
     data = ImageTrainData(root=Path(splits.root), relpaths=[it.path for it in train],
                           labels=torch.tensor([it.label for it in train], dtype=torch.long), backbone=backbone,
-                          run_seed=int(tr["seed"] or 0), workers=workers)
+                          run_seed=int(tr["seed"] or 0), workers=workers, augmentation=config.get("augmentation"))
     return data, names
 
 
