@@ -22,11 +22,12 @@ SAME_CODE: dict[str, dict[str, str]] = {
     "zeroshot": {"6a9b2a6b52fa": "9725a2c0cda6"},
     # clip_lora 7ea1ab1b7973: its figure colour only (IVLP had the same one)
     "clip_lora": {"7ea1ab1b7973": "32cc634622cc"},
-    # the ImageNet template set moved into methods/_templates.py (the same 7 strings in the same order)
+    # the ImageNet template set moved into methods/_templates.py (the same 7 strings in the same order); LP++ and
+    # CLAP match class names with _prompts.match_classes instead of a copy of it (the same rows)
     "tip_adapter": {"a7d9146af518": "593eb174bcce"},
     "tip_adapter_f": {"ce1a9ce336b0": "52633dacb3e6"},
     "taskres": {"faf4f635e28e": "4315c0a68303"},
-    "lp_pp": {"11bd5cf252d8": "de78a039380c"},
-    "clap": {"95db1ac4a907": "39d1ed6ce836"},
-    "zs_lp": {"0f67a8ae5139": "3da1af84360e"},
+    "lp_pp": {"49e0c07c11ee": "de78a039380c"},
+    "clap": {"7a5e712b6e05": "39d1ed6ce836"},
+    "zs_lp": {"70a4a6e34af3": "3da1af84360e"},
 }

@@ -47,7 +47,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bench.api import Method, Param, PooledBatches, TrainData, fit, prompt_name, register_method, warmup_cosine
-from ._lpclap import class_rows
+from ._prompts import match_classes
 from ._templates import IMAGENET_TEMPLATES_SELECT
 
 IMAGENET_EXTRA = "a photo of a {}."
@@ -189,7 +189,7 @@ class CLAP(Method):
         where = {n: i for i, n in reversed(list(enumerate(known)))}
         unseen = list(dict.fromkeys(n for n in classnames if n not in where))
         if not unseen:
-            return m.prototypes[class_rows(known, list(classnames), self.display_name).to(m.prototypes.device)]
+            return m.prototypes[match_classes(known, list(classnames), self.display_name).to(m.prototypes.device)]
         templates = self.templates_for(self.ctx.eval_dataset or self.ctx.dataset)
         key = (tuple(templates), tuple(unseen))
         if key not in self._zero_shot:

@@ -51,7 +51,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bench.api import FullBatch, Method, Param, TrainData, fit, handcrafted_text_features, register_method
-from ._lpclap import class_rows
+from ._prompts import match_classes
 from ._templates import IMAGENET_TEMPLATES_SELECT
 
 CROP_SCALE = (0.5, 1.0)
@@ -225,7 +225,7 @@ class LPPP(Method):
         if self.model is None:
             raise RuntimeError("lp_pp: fit() first")
         m = self.model
-        rows = class_rows(self.ctx.classnames, list(classnames), "LP++").to(m.weight.device)
+        rows = match_classes(self.ctx.classnames, list(classnames), "LP++").to(m.weight.device)
         with torch.no_grad():
             f = F.normalize(features.to(m.weight.device).float(), dim=-1)
             return f @ m.weight[rows].t() + m.bias[rows] + m.alpha[rows] * (f @ m.text[rows].t())
