@@ -19,7 +19,8 @@ SAME_CODE: dict[str, dict[str, str]] = {
     "maple": {"77dc3cf9fdaf": "ac93ec87998a"},
     "promptsrc": {"963474a6e633": "35d54e4bc25e"},
     "vpt_deep": {"c64d5b2d79a9": "0fc0f77d1e1c"},
-    "zeroshot": {"6a9b2a6b52fa": "9725a2c0cda6"},
+    # zeroshot 36812c30a29c: and its ImageNet template set imported from methods/_templates.py (the same 7 strings)
+    "zeroshot": {"6a9b2a6b52fa": "9725a2c0cda6", "36812c30a29c": "9725a2c0cda6"},
     # clip_lora 7ea1ab1b7973: its figure colour only (IVLP had the same one)
     "clip_lora": {"7ea1ab1b7973": "32cc634622cc"},
     # the ImageNet template set moved into methods/_templates.py (the same 7 strings in the same order); LP++ and

@@ -13,16 +13,7 @@ re-normalised.
 import torch.nn.functional as F
 
 from bench.api import Method, Param, cosine_logits, handcrafted_text_features, register_method
-
-IMAGENET_TEMPLATES_SELECT = [
-    "itap of a {}.",
-    "a bad photo of the {}.",
-    "a origami {}.",
-    "a photo of the large {}.",
-    "a {} in a video game.",
-    "art of the {}.",
-    "a photo of the small {}.",
-]
+from ._templates import IMAGENET_TEMPLATES_SELECT
 
 
 @register_method("zeroshot")
@@ -45,7 +36,7 @@ class ZeroShotCLIP(Method):
         if self.hp.get("templates", "custom") == "ensemble":
             dataset = self.ctx.eval_dataset or self.ctx.dataset
             extra = [] if dataset == "imagenet" else [self.ctx.template]
-            return IMAGENET_TEMPLATES_SELECT + extra
+            return list(IMAGENET_TEMPLATES_SELECT) + extra
         return [self.ctx.template]
 
     def template_info(self) -> dict:
