@@ -94,7 +94,9 @@ def test_cross_dataset_zeroshot_scores_each_target_with_its_own_template(xd_tree
 def test_ensemble_adds_the_evaluated_datasets_template_except_on_imagenet(xd_tree, tiny_ckpt, tmp_path):
     from bench.engine.runner import execute
     from bench.store import Store
-    from bench.methods.zeroshot import IMAGENET_TEMPLATES_SELECT
+    from bench.methods.zeroshot import IMAGENET_TEMPLATES_SELECT as SELECT
+
+    IMAGENET_TEMPLATES_SELECT = list(SELECT)
 
     result = execute(_xd_config(xd_tree, tiny_ckpt, templates="ensemble"), Store(tmp_path / "res"))
     m = result["metrics"]
