@@ -1,6 +1,8 @@
-"""Marked ``slurm``, against the test cluster (`bash slurm/cluster.sh start`): an image-side run (IVLP on the tiny
-model, streaming images through DataLoader workers) preempted on the cluster is requeued, resumes mid-epoch from the
-checkpoint its preemption wrote, and ends with the metrics of an uninterrupted local run. Skipped without a cluster.
+"""Marked ``slurm``, against the test cluster (`bash slurm/cluster.sh start`): an image-side run on the tiny model,
+streaming images through DataLoader workers, preempted on the cluster, is requeued, resumes mid-epoch from the
+checkpoint its preemption wrote, and ends with the metrics of an uninterrupted local run. Two runs of the image path:
+IVLP (deep prompts, an epoch schedule) and CLIP-LoRA (weight deltas in both towers, an iteration count: its
+``n_iters`` is EPOCHS epochs' worth of steps). Skipped without a cluster.
 """
 
 from __future__ import annotations
@@ -18,8 +20,12 @@ from bench.store import Store
 from test_slurm import SLURM, _submitted, by_hash, cli, cluster, same_numbers, wait_for
 
 EPOCHS = 30  # 128 steps an epoch (16 shots x 8 classes, batch 1): about 40 s on the tiny model
-IVLP = ["--method", "ivlp", "--datasets", "caltech101", "--shots", "16", "--seeds", "1", "--set", f"epochs={EPOCHS}",
-        "--set", "batch_size=1", "--set", "text_depth=2", "--set", "vision_depth=2"]
+COMMON = ["--datasets", "caltech101", "--shots", "16", "--seeds", "1", "--set", "batch_size=1"]
+RUNS = {
+    "ivlp": ["--method", "ivlp", *COMMON, "--set", f"epochs={EPOCHS}", "--set", "text_depth=2",
+             "--set", "vision_depth=2"],
+    "clip_lora": ["--method", "clip_lora", *COMMON, "--set", f"n_iters={EPOCHS * 128}"],
+}
 
 
 @pytest.fixture(scope="module")
@@ -36,11 +42,16 @@ def base(world, results) -> list[str]:
             "--results", str(results)]
 
 
+@pytest.fixture(scope="module", params=list(RUNS))
+def method(request) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def expected(world, tmp_path_factory):
+def expected(world, method, tmp_path_factory):
     """The uninterrupted result, from the local launcher."""
     local = tmp_path_factory.mktemp("images-local")
-    assert main([*map(str, ["run", *base(world, local), *IVLP])]) == 0
+    assert main([*map(str, ["run", *base(world, local), *RUNS[method]])]) == 0
     (result,) = by_hash(local).values()
     return result
 
@@ -48,7 +59,7 @@ def expected(world, tmp_path_factory):
 @pytest.mark.slurm
 @cluster
 @pytest.mark.parametrize("how", ["signal", "preemption"])
-def test_preempted_image_run_resumes_mid_epoch(world, expected, tmp_path, capsys, how):
+def test_preempted_image_run_resumes_mid_epoch(world, method, expected, tmp_path, capsys, how):
     """``signal``: submitit's simulation (SIGTERM, then USR2 to the task); ``preemption``: a job of the partition
     ``urgent`` that needs the whole node. Checkpoints every 20 steps; the preemption saves at the step boundary."""
     import submitit
@@ -58,7 +69,7 @@ def test_preempted_image_run_resumes_mid_epoch(world, expected, tmp_path, capsys
         if not cpus.strip():
             pytest.skip("no 'urgent' partition to preempt with (slurm/cluster.sh's test cluster has one)")
     remote = tmp_path / "slurm"
-    code, out, err = cli(capsys, "run", *base(world, remote), *IVLP, *SLURM, "--slurm", "checkpoint_every=0",
+    code, out, err = cli(capsys, "run", *base(world, remote), *RUNS[method], *SLURM, "--slurm", "checkpoint_every=0",
                          "--slurm", "checkpoint_every_steps=20", "--slurm", "pack_max_cost=0")
     assert code == 0 and "submitting 1 as 1 array task(s)" in out, out + err
     (job_id,) = _submitted(out)
