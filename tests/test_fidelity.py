@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
-from PIL import Image
+from methodkit import zeroshot_by_hand
 
 from bench.paths import repo_root
 
@@ -42,35 +41,6 @@ def _xd_config(root, ckpt, **overrides):
     return config
 
 
-def _by_hand(root, ckpt, dataset: str, templates: list[str]) -> tuple[float, torch.Tensor]:
-    """(top-1 %, predictions) with plain open_clip + PIL + the test transform: no bench model or feature code."""
-    import open_clip
-    import torchvision.transforms as T
-
-    from bench.data import load_splits
-
-    model = open_clip.create_model("tiny-test")
-    model.load_state_dict(torch.load(ckpt, weights_only=True))
-    model.eval()
-    tok = open_clip.get_tokenizer("tiny-test")
-    size = model.visual.image_size
-    size = size[0] if isinstance(size, tuple) else size
-    tf = T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size), T.ToTensor(),
-                    T.Normalize(open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD)])
-    splits = load_splits(dataset, root)
-    with torch.no_grad():
-        img = F.normalize(model.encode_image(torch.stack(
-            [tf(Image.open(splits.root / it.path).convert("RGB")) for it in splits.test])), dim=-1)
-        text = 0
-        for t in templates:
-            text = text + F.normalize(model.encode_text(tok([t.format(c.replace("_", " "))
-                                                             for c in splits.classnames])), dim=-1)
-        text = F.normalize(text, dim=-1)
-    pred = (img @ text.t()).argmax(1)
-    labels = torch.tensor([it.label for it in splits.test])
-    return 100.0 * (pred == labels).float().mean().item(), pred
-
-
 def test_cross_dataset_zeroshot_scores_each_target_with_its_own_template(xd_tree, tiny_ckpt, tmp_path):
     from bench.engine.runner import execute
     from bench.store import Store
@@ -83,11 +53,11 @@ def test_cross_dataset_zeroshot_scores_each_target_with_its_own_template(xd_tree
     assert m["dtd"]["templates"]["templates"] == ["{} texture."]
     assert result["templates"]["templates"] == ["a photo of a {}."]  # the source's, as "trained"
     for ds, tpl in (("imagenet", "a photo of a {}."), ("dtd", "{} texture.")):
-        expected, _ = _by_hand(xd_tree, tiny_ckpt, ds, [tpl])
+        expected, _ = zeroshot_by_hand(xd_tree, tiny_ckpt, ds, [tpl])
         assert m[ds]["top1"] == pytest.approx(expected, abs=1e-6)
     # the test can fail: the source's template gives other predictions on DTD
-    _, own = _by_hand(xd_tree, tiny_ckpt, "dtd", ["{} texture."])
-    _, wrong = _by_hand(xd_tree, tiny_ckpt, "dtd", ["a photo of a {}."])
+    _, own = zeroshot_by_hand(xd_tree, tiny_ckpt, "dtd", ["{} texture."])
+    _, wrong = zeroshot_by_hand(xd_tree, tiny_ckpt, "dtd", ["a photo of a {}."])
     assert not torch.equal(own, wrong)
 
 
@@ -102,7 +72,7 @@ def test_ensemble_adds_the_evaluated_datasets_template_except_on_imagenet(xd_tre
     m = result["metrics"]
     assert m["imagenet"]["templates"]["templates"] == IMAGENET_TEMPLATES_SELECT
     assert m["dtd"]["templates"]["templates"] == IMAGENET_TEMPLATES_SELECT + ["{} texture."]
-    expected, _ = _by_hand(xd_tree, tiny_ckpt, "dtd", IMAGENET_TEMPLATES_SELECT + ["{} texture."])
+    expected, _ = zeroshot_by_hand(xd_tree, tiny_ckpt, "dtd", IMAGENET_TEMPLATES_SELECT + ["{} texture."])
     assert m["dtd"]["top1"] == pytest.approx(expected, abs=1e-6)
 
 

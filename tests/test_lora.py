@@ -234,6 +234,61 @@ def test_killed_run_resumes_mid_run_to_identical_metrics(world, tmp_path):
         assert (got["metrics"][name]["top1"], got["metrics"][name]["per_class"]) == (m["top1"], m["per_class"])
 
 
+@pytest.fixture(scope="module")
+def shift_world(tmp_path_factory):
+    """ImageNet, its four shifted test sets (A and R hold a subset of the classes) and DTD, whose own template
+    ("{} texture.") differs from CLIP-LoRA's single one."""
+    from bench.data.synth import make_dataset_tree
+
+    root = tmp_path_factory.mktemp("lora-shift")
+    for key in ("imagenet", "imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r"):
+        make_dataset_tree(key, root, n_classes=8, per_class=(2, 0, 3))
+    make_dataset_tree("dtd", root, n_classes=6, per_class=(2, 2, 6))
+    return root
+
+
+@pytest.mark.parametrize("protocol, targets", [
+    ("domain_shift", {"imagenet", "imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r"}),
+    ("cross_dataset", {"imagenet", "dtd"}),  # the generated targets of the ten
+])
+def test_every_target_is_scored_through_the_adapted_towers_with_the_single_template(shift_world, tiny_ckpt,
+                                                                                   tmp_path, protocol, targets):
+    """LoRA does not depend on the class, so a model trained on ImageNet scores every shifted or other dataset with
+    its own class names. With alpha = 0 the deltas add exact zeros, so after training every target must score as
+    zero-shot CLIP with "a photo of a {}." on its classes, class by class, computed by hand with plain open_clip:
+    DTD included, where zero-shot CLIP itself would use the dataset's own template."""
+    from methodkit import zeroshot_by_hand
+
+    from bench.data import load_splits
+    from bench.engine.runner import execute
+    from bench.protocols import expand
+
+    (config,) = expand(protocol, ["clip_lora"], datasets=["imagenet"], shots=[2], seeds=[1],
+                       overrides={"n_iters": 3, "batch_size": 4, "alpha": 0.0},
+                       backbone={"arch": "tiny-test", "pretrained": str(tiny_ckpt)}, data_root=str(shift_world))
+    config["evals"] = [e for e in config["evals"] if e["dataset"] in targets]
+    result = execute(config, Store(tmp_path / "res"))
+    assert result["status"] == "complete", result.get("error")
+    assert result["train_stats"]["iterations"] == 3
+    metrics = result["metrics"]
+    assert set(metrics) == targets
+    for name, m in metrics.items():
+        splits = load_splits(name, shift_world)
+        _, pred = zeroshot_by_hand(shift_world, tiny_ckpt, name, ["a photo of a {}."])
+        labels = torch.tensor([it.label for it in splits.test])
+        per_class = {c: 100.0 * (pred[labels == i] == i).float().mean().item()
+                     for i, c in enumerate(splits.classnames) if (labels == i).any()}
+        assert m["n_classes"] == len(splits.classnames), name
+        assert m["per_class"].keys() == per_class.keys(), name
+        assert all(m["per_class"][c] == pytest.approx(per_class[c], abs=1e-6) for c in per_class), name
+    if protocol == "domain_shift":
+        assert metrics["imagenet_a"]["n_classes"] < metrics["imagenet"]["n_classes"]
+    else:  # the test can fail: DTD's own template gives other predictions
+        _, own = zeroshot_by_hand(shift_world, tiny_ckpt, "dtd", ["{} texture."])
+        _, single = zeroshot_by_hand(shift_world, tiny_ckpt, "dtd", ["a photo of a {}."])
+        assert not torch.equal(own, single)
+
+
 def test_cosine_iterations_is_torchs_per_iteration_cosine():
     from bench.engine.loop import cosine_iterations
 
